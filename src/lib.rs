@@ -1,0 +1,9 @@
+//! transplant: live update of a running, unmodified C or Rust process to a new version of its
+//! program, with time-traveling state transfer.
+//!
+//! Layers, each reading only the one below it: `tracer` (its own crate) -> [`debuginfo`],
+//! [`heap`] -> state -> mapping -> transfer -> verify -> update. See ARCHITECTURE.md.
+#![forbid(unsafe_code)]
+
+pub mod debuginfo;
+pub mod heap;
