@@ -127,6 +127,17 @@ pub enum Error {
         addr: RemoteAddr,
     },
 
+    /// A system call we injected into the tracee ran and failed (its raw `-errno` result).
+    #[error("remote {call} in process {pid} failed: {errno}")]
+    RemoteSyscall {
+        /// The process it ran in.
+        pid: Pid,
+        /// The call, with its interesting arguments.
+        call: String,
+        /// The kernel's answer.
+        errno: nix::Error,
+    },
+
     /// A symbol could not be resolved in the process's loaded objects.
     #[error("symbol `{name}` not found in process {pid}")]
     SymbolNotFound {
