@@ -1,1 +1,71 @@
-fn main(){}
+//! The `transplant` command line: thin, one module per subcommand, each turning its arguments
+//! into a plain configuration for the library.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+/// Live-update a running, unmodified C or Rust process to a new version of its program.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None, args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// The process to update.
+    #[arg(long, requires = "to")]
+    pid: Option<i32>,
+    /// The new version of its program (an ELF binary with debug information).
+    #[arg(long, requires = "pid")]
+    to: Option<std::path::PathBuf>,
+    /// Log verbosity (`-v` info, `-vv` debug, `-vvv` trace); `RUST_LOG` overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build the bundled example server pair, update a running v1 to v2 live, and show it.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match (&cli.command, cli.pid) {
+        (Some(Command::Demo), _) => cli::demo::run(),
+        (None, Some(pid)) => cli::update::run(pid, cli.to.as_deref().expect("clap requires --to")),
+        (None, None) => {
+            use clap::CommandFactory;
+            let _ = Cli::command().print_help();
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            // The whole cause chain: which process, which variable, which system call.
+            eprintln!("transplant: error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
