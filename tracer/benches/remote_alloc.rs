@@ -29,7 +29,11 @@ fn main() {
     s.call_many(free, &warm).unwrap();
 
     let mut table = String::new();
-    writeln!(table, "| objects | one call each: µs/object | batched loop: µs/object | speed-up |").unwrap();
+    writeln!(
+        table,
+        "| objects | one call each: µs/object | batched loop: µs/object | speed-up |"
+    )
+    .unwrap();
     writeln!(table, "|---:|---:|---:|---:|").unwrap();
     let mut n = 1000u64;
     while n <= max {

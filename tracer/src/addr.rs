@@ -123,7 +123,10 @@ mod tests {
         assert_eq!(RemoteAddr::new(10).offset_from(RemoteAddr::new(4)), Some(6));
         assert_eq!(RemoteAddr::new(4).offset_from(RemoteAddr::new(10)), None);
         assert_eq!(RemoteAddr::new(0x1234).align_down(0x1000).get(), 0x1000);
-        assert_eq!(RemoteAddr::new(0x1234).align_up(0x1000).unwrap().get(), 0x2000);
+        assert_eq!(
+            RemoteAddr::new(0x1234).align_up(0x1000).unwrap().get(),
+            0x2000
+        );
         assert_eq!(RemoteAddr::new(u64::MAX).align_up(16), None);
         assert_eq!(format!("{}", RemoteAddr::new(255)), "0xff");
     }

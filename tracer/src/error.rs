@@ -55,6 +55,20 @@ pub enum Error {
         source: nix::Error,
     },
 
+    /// An operation on a file descriptor of a process (ours or another's) failed.
+    #[error("{op} on descriptor {fd} of process {pid}: {source}")]
+    Fd {
+        /// The process that owns the descriptor.
+        pid: Pid,
+        /// The descriptor number in that process.
+        fd: i32,
+        /// The operation, named after the system call.
+        op: &'static str,
+        /// The kernel's answer.
+        #[source]
+        source: nix::Error,
+    },
+
     /// Remote memory could not be read or written.
     #[error("cannot {op} {len} bytes at {addr} in process {pid}: {source}")]
     Memory {

@@ -62,7 +62,18 @@ pub trait Memory {
             // Never read across a page boundary in one piece: the next page may be unmapped.
             let to_page_end = 4096 - (at.get() % 4096) as usize;
             let n = chunk.len().min(to_page_end).min(max - out.len());
-            self.read(at, &mut chunk[..n])?;
+            if self.read(at, &mut chunk[..n]).is_err() {
+                // The string may end just before unreadable memory (a snapshot region need not
+                // end on a page boundary): go byte by byte, failing only past its end.
+                for i in 0..n {
+                    let b = at.checked_add(i as u64).expect("in range");
+                    self.read(b, &mut chunk[i..i + 1])?;
+                    if chunk[i] == 0 {
+                        out.extend_from_slice(&chunk[..i]);
+                        return Ok(out);
+                    }
+                }
+            }
             if let Some(nul) = chunk[..n].iter().position(|&b| b == 0) {
                 out.extend_from_slice(&chunk[..nul]);
                 return Ok(out);
@@ -184,10 +195,8 @@ impl ProcessMemory {
             })
             .collect();
         let total: usize = remote.iter().map(|r| r.len).sum();
-        let mut local: Vec<IoSliceMut> = pieces
-            .iter_mut()
-            .map(|(_, b)| IoSliceMut::new(b))
-            .collect();
+        let mut local: Vec<IoSliceMut> =
+            pieces.iter_mut().map(|(_, b)| IoSliceMut::new(b)).collect();
         match process_vm_readv(self.pid, &mut local, &remote) {
             Ok(n) if n == total => Ok(()),
             // A short read stops at the first piece it could not read: finish piece by piece,
@@ -246,12 +255,17 @@ impl MemoryMut for ProcessMemory {
                     len: d.len(),
                 })
                 .collect();
-            let local: Vec<std::io::IoSlice> =
-                batch.iter().map(|(_, d)| std::io::IoSlice::new(d)).collect();
+            let local: Vec<std::io::IoSlice> = batch
+                .iter()
+                .map(|(_, d)| std::io::IoSlice::new(d))
+                .collect();
             let total: usize = remote.iter().map(|r| r.len).sum();
             match process_vm_writev(self.pid, &local, &remote) {
                 Ok(n) if n == total => {}
-                Ok(_) | Err(nix::Error::EFAULT) | Err(nix::Error::EPERM) | Err(nix::Error::ENOSYS) => {
+                Ok(_)
+                | Err(nix::Error::EFAULT)
+                | Err(nix::Error::EPERM)
+                | Err(nix::Error::ENOSYS) => {
                     for (addr, data) in batch {
                         self.write_via_proc(*addr, data)?;
                     }
@@ -307,7 +321,11 @@ impl Snapshot {
             addr,
             len,
         };
-        let (start, bytes) = self.regions.range(..=addr).next_back().ok_or_else(unmapped)?;
+        let (start, bytes) = self
+            .regions
+            .range(..=addr)
+            .next_back()
+            .ok_or_else(unmapped)?;
         let off = addr.offset_from(*start).ok_or_else(unmapped)? as usize;
         if off.checked_add(len).is_some_and(|end| end <= bytes.len()) {
             Ok((*start, off))
@@ -358,14 +376,20 @@ mod tests {
         assert_eq!(b, [0x10, 0x11, 0x12, 0x13]);
         assert!(s.read(RemoteAddr::new(0x10fe), &mut b).is_err());
         assert!(s.read(RemoteAddr::new(0xfff), &mut b).is_err());
-        assert_eq!(s.read_u64(RemoteAddr::new(0x1000)).unwrap(), u64::from_ne_bytes([0, 1, 2, 3, 4, 5, 6, 7]));
+        assert_eq!(
+            s.read_u64(RemoteAddr::new(0x1000)).unwrap(),
+            u64::from_ne_bytes([0, 1, 2, 3, 4, 5, 6, 7])
+        );
     }
 
     #[test]
     fn snapshot_c_strings_stop_at_nul_or_max() {
         let mut s = Snapshot::new();
         s.insert(RemoteAddr::new(0x2000), b"hello\0world".to_vec());
-        assert_eq!(s.read_c_string(RemoteAddr::new(0x2000), 100).unwrap(), b"hello");
+        assert_eq!(
+            s.read_c_string(RemoteAddr::new(0x2000), 100).unwrap(),
+            b"hello"
+        );
         assert_eq!(s.read_c_string(RemoteAddr::new(0x2000), 3).unwrap(), b"hel");
         // Unterminated up to the region's end: the read past it fails.
         assert!(s.read_c_string(RemoteAddr::new(0x2006), 100).is_err());
@@ -377,7 +401,10 @@ mod tests {
         s.insert(RemoteAddr::new(0x100), vec![0; 16]);
         let shared = SharedSnapshot(std::sync::Mutex::new(s));
         shared.write(RemoteAddr::new(0x104), &[1, 2]).unwrap();
-        assert_eq!(shared.read_vec(RemoteAddr::new(0x103), 4).unwrap(), [0, 1, 2, 0]);
+        assert_eq!(
+            shared.read_vec(RemoteAddr::new(0x103), 4).unwrap(),
+            [0, 1, 2, 0]
+        );
         assert!(shared.write(RemoteAddr::new(0x10f), &[1, 2]).is_err());
     }
 }

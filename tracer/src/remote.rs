@@ -86,14 +86,15 @@ impl<'t> RemoteSession<'t> {
     /// arguments, back at the same syscall-enter-stop. A thread in group-stop is refused: running
     /// code would end a stop the program's user asked for.
     pub fn open(tracee: &'t mut Tracee, tid: Pid) -> Result<Self> {
-        let stop = tracee
-            .thread(tid)
-            .and_then(|t| t.stop)
-            .ok_or_else(|| Error::UnexpectedStop {
-                pid: tid,
-                stop: "running or unknown thread".into(),
-                during: "opening a remote session (the thread must be stopped)".into(),
-            })?;
+        let stop =
+            tracee
+                .thread(tid)
+                .and_then(|t| t.stop)
+                .ok_or_else(|| Error::UnexpectedStop {
+                    pid: tid,
+                    stop: "running or unknown thread".into(),
+                    during: "opening a remote session (the thread must be stopped)".into(),
+                })?;
         if let Stop::Group(sig) = stop {
             return Err(Error::UnexpectedStop {
                 pid: tid,
@@ -129,7 +130,10 @@ impl<'t> RemoteSession<'t> {
             scratch: None,
             closed: false,
         };
-        session.tracee.memory().read_via_proc(site, &mut saved_site)?;
+        session
+            .tracee
+            .memory()
+            .read_via_proc(site, &mut saved_site)?;
         let mut code = SYSCALL_TRAMPOLINE.to_vec();
         code.extend_from_slice(&BATCH_LOOP);
         session.tracee.memory().write_via_proc(site, &code)?;
@@ -200,10 +204,20 @@ impl<'t> RemoteSession<'t> {
     ) -> Result<RemoteAddr> {
         let r = self.syscall(
             libc::SYS_mmap,
-            &[addr.get(), len, prot as u64, flags as u64, fd as i64 as u64, offset],
+            &[
+                addr.get(),
+                len,
+                prot as u64,
+                flags as u64,
+                fd as i64 as u64,
+                offset,
+            ],
         )?;
-        self.checked(|| format!("mmap(len={len:#x}, prot={prot:#x}, flags={flags:#x})"), r)
-            .map(RemoteAddr::new)
+        self.checked(
+            || format!("mmap(len={len:#x}, prot={prot:#x}, flags={flags:#x})"),
+            r,
+        )
+        .map(RemoteAddr::new)
     }
 
     /// An anonymous private read-write mapping of `len` bytes in the tracee.
@@ -221,7 +235,8 @@ impl<'t> RemoteSession<'t> {
     /// `munmap(addr, len)` in the tracee.
     pub fn munmap(&mut self, addr: RemoteAddr, len: u64) -> Result<()> {
         let r = self.syscall(libc::SYS_munmap, &[addr.get(), len])?;
-        self.checked(|| format!("munmap({addr}, {len:#x})"), r).map(drop)
+        self.checked(|| format!("munmap({addr}, {len:#x})"), r)
+            .map(drop)
     }
 
     /// `dup2(old, new)` in the tracee (as `dup3(old, new, 0)`, or `fcntl` when equal).
@@ -237,7 +252,8 @@ impl<'t> RemoteSession<'t> {
         } else {
             self.syscall(libc::SYS_dup3, &[old as u64, new as u64, 0])?
         };
-        self.checked(|| format!("dup2({old}, {new})"), r).map(|v| v as i32)
+        self.checked(|| format!("dup2({old}, {new})"), r)
+            .map(|v| v as i32)
     }
 
     /// `close(fd)` in the tracee.
@@ -258,7 +274,12 @@ impl<'t> RemoteSession<'t> {
     }
 
     /// [`RemoteSession::call`] with an explicit time limit.
-    pub fn call_with_timeout(&mut self, func: RemoteAddr, args: &[u64], timeout: Duration) -> Result<u64> {
+    pub fn call_with_timeout(
+        &mut self,
+        func: RemoteAddr,
+        args: &[u64],
+        timeout: Duration,
+    ) -> Result<u64> {
         assert!(args.len() <= 6, "at most six register arguments");
         let ret_addr = self.site.get() + SYSCALL_TRAMPOLINE.len() as u64 - 1;
         let mut r = self.prepare_frame(ret_addr)?;
@@ -361,7 +382,11 @@ impl<'t> RemoteSession<'t> {
                 // Stuck: take the thread back, then report. Close restores its registers.
                 let _ = nix::sys::ptrace::interrupt(tid);
                 while self.tracee.thread(tid).is_some_and(|t| t.stop.is_none()) {
-                    if self.tracee.wait_any(Some(Instant::now() + Duration::from_secs(5)))?.is_none() {
+                    if self
+                        .tracee
+                        .wait_any(Some(Instant::now() + Duration::from_secs(5)))?
+                        .is_none()
+                    {
                         break;
                     }
                 }
@@ -445,7 +470,11 @@ impl<'t> RemoteSession<'t> {
             let r = self.munmap(addr, len);
             note(r);
         }
-        note(self.tracee.memory().write_via_proc(self.site, &self.saved_site));
+        note(
+            self.tracee
+                .memory()
+                .write_via_proc(self.site, &self.saved_site),
+        );
         note(set_xstate(self.tid, &self.saved_xstate));
         if self.reenter {
             let mut r = self.saved;
@@ -453,7 +482,8 @@ impl<'t> RemoteSession<'t> {
             r.rax = r.orig_rax;
             note(set_regs(self.tid, &r));
             // From the trap's signal-delivery-stop back into the call: the syscall-enter-stop.
-            self.tracee.set_stop(self.tid, Some(Stop::Signal(Signal::SIGTRAP)));
+            self.tracee
+                .set_stop(self.tid, Some(Stop::Signal(Signal::SIGTRAP)));
             note(self.tracee.step_syscall(self.tid));
         } else {
             note(set_regs(self.tid, &self.saved));
@@ -491,7 +521,11 @@ fn get_xstate(tid: Pid) -> Result<Vec<u8>> {
         )
     };
     if rc == -1 {
-        return Err(Error::sys(tid, "PTRACE_GETREGSET(NT_X86_XSTATE)", nix::Error::last()));
+        return Err(Error::sys(
+            tid,
+            "PTRACE_GETREGSET(NT_X86_XSTATE)",
+            nix::Error::last(),
+        ));
     }
     buf.truncate(iov.iov_len);
     Ok(buf)
@@ -514,7 +548,11 @@ fn set_xstate(tid: Pid, state: &[u8]) -> Result<()> {
         )
     };
     if rc == -1 {
-        return Err(Error::sys(tid, "PTRACE_SETREGSET(NT_X86_XSTATE)", nix::Error::last()));
+        return Err(Error::sys(
+            tid,
+            "PTRACE_SETREGSET(NT_X86_XSTATE)",
+            nix::Error::last(),
+        ));
     }
     Ok(())
 }

@@ -21,7 +21,9 @@ use crate::addr::RemoteAddr;
 use crate::error::{Error, ExitStatus, Result};
 use crate::mem::{MemoryMut, ProcessMemory};
 use crate::procfs;
-use crate::ptrace::{regs, restart, set_regs, wait_until, Regs, Restart, Status, Stop, SYSCALL_INSN_LEN};
+use crate::ptrace::{
+    regs, restart, set_regs, wait_until, Regs, Restart, Status, Stop, SYSCALL_INSN_LEN,
+};
 
 /// How long [`Tracee::seize`] and [`Tracee::interrupt_all`] wait for threads to stop.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,7 +46,7 @@ pub struct Thread {
     pub stop: Option<Stop>,
     /// Signals that arrived while we held the thread, delivered when it resumes.
     pending: VecDeque<Signal>,
-    /// Stopped by our `PTRACE_INTERRUPT` (or group-stop): a system call it was blocked in may
+    /// Stopped by our `PTRACE_INTERRUPT`: a system call it was blocked in may
     /// have returned `EINTR` only because of us, and is restarted when it resumes.
     interrupted: bool,
     /// A syscall rewrite to finish at this thread's next syscall-exit-stop.
@@ -107,6 +109,10 @@ pub enum SyscallAction {
     /// every other thread is stopped too. [`Tracee::run`] returns.
     Hold,
 }
+
+/// The callback of [`Tracee::run`] that decides, at each syscall-enter-stop, what happens to
+/// the call; it may read the tracee's memory (e.g. a `sockaddr` argument).
+pub type SyscallHook<'a> = dyn FnMut(&ProcessMemory, &SyscallEntry) -> Result<SyscallAction> + 'a;
 
 /// Where [`Tracee::run`] stopped the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -404,10 +410,13 @@ impl Tracee {
     fn park(&mut self, tid: Pid, stop: Stop) -> Result<()> {
         let th = self.threads.get_mut(&tid).expect("known thread");
         match stop {
-            Stop::Interrupt | Stop::Group(_) => {
+            Stop::Interrupt => {
                 th.interrupted = true;
                 Ok(())
             }
+            // Stopped by a stop signal before or while we came: an EINTR it caused is the
+            // program's to see (signal(7)), not ours to hide.
+            Stop::Group(_) => Ok(()),
             Stop::Signal(sig) => {
                 // Keep it; the pending PTRACE_INTERRUPT stops the thread right after.
                 th.pending.push_back(sig);
@@ -569,7 +578,7 @@ impl Tracee {
         &mut self,
         timeout: Duration,
         breakpoint: Option<RemoteAddr>,
-        mut syscalls: Option<&mut dyn FnMut(&ProcessMemory, &SyscallEntry) -> Result<SyscallAction>>,
+        mut syscalls: Option<&mut SyscallHook<'_>>,
     ) -> Result<Held> {
         let deadline = Instant::now() + timeout;
         let how = if syscalls.is_some() {
@@ -605,12 +614,14 @@ impl Tracee {
         deadline: Instant,
         how: Restart,
         breakpoint: Option<RemoteAddr>,
-        syscalls: &mut Option<&mut dyn FnMut(&ProcessMemory, &SyscallEntry) -> Result<SyscallAction>>,
+        syscalls: &mut Option<&mut SyscallHook<'_>>,
     ) -> Result<Held> {
         self.resume_all(how)?;
         loop {
             let Some((tid, stop)) = self.wait_any(Some(deadline))? else {
-                let millis = deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
+                let millis = deadline
+                    .saturating_duration_since(Instant::now())
+                    .as_millis() as u64;
                 self.interrupt_all(STOP_TIMEOUT)?;
                 self.unwind_rewrites();
                 return Err(Error::Timeout {
@@ -797,7 +808,11 @@ fn restart_eintr(pid: Pid, tid: Pid) -> Result<()> {
         // A handler will run: the program is meant to see this EINTR.
         return Ok(());
     }
-    debug!(tid = tid.as_raw(), nr = r.orig_rax, "re-issuing system call interrupted by our stop");
+    debug!(
+        tid = tid.as_raw(),
+        nr = r.orig_rax,
+        "re-issuing system call interrupted by our stop"
+    );
     r.rax = r.orig_rax;
     r.rip -= SYSCALL_INSN_LEN;
     set_regs(tid, &r)

@@ -36,7 +36,9 @@ fn take_listener(pid: Pid) -> (i32, OwnedFd) {
 
 /// Sends a line and returns the reply's pid field ("<pid> <line>").
 fn ask(conn: &mut BufReader<TcpStream>, line: &str) -> i32 {
-    conn.get_mut().write_all(format!("{line}\n").as_bytes()).unwrap();
+    conn.get_mut()
+        .write_all(format!("{line}\n").as_bytes())
+        .unwrap();
     let mut reply = String::new();
     conn.read_line(&mut reply).unwrap();
     let (pid, echoed) = reply.trim_end().split_once(' ').unwrap();
@@ -62,7 +64,7 @@ fn sockaddr_in(bytes: &[u8]) -> Option<SocketAddr> {
 
 #[test]
 fn a_listening_socket_moves_to_a_new_process_without_refusing_a_connection() {
-    let (mut old, ready) = Fixture::start_ready("echo_server", &["0"]);
+    let (old, ready) = Fixture::start_ready("echo_server", &["0"]);
     let old_pid = old.pid();
     let port: u16 = ready["port"].parse().unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -107,10 +109,17 @@ fn a_listening_socket_moves_to_a_new_process_without_refusing_a_connection() {
             _ => Ok(SyscallAction::Run),
         }
     };
-    let held = new.run(Duration::from_secs(20), None, Some(&mut on_syscall)).unwrap();
+    let held = new
+        .run(Duration::from_secs(20), None, Some(&mut on_syscall))
+        .unwrap();
     assert_eq!(rewritten.len(), 1, "exactly one bind rewritten");
-    let Held::Syscall(entry) = held else { panic!("held at {held:?}") };
-    assert_eq!(entry.args[0], rewritten[0], "accept on the rewritten descriptor");
+    let Held::Syscall(entry) = held else {
+        panic!("held at {held:?}")
+    };
+    assert_eq!(
+        entry.args[0], rewritten[0],
+        "accept on the rewritten descriptor"
+    );
     // The new server believes it bound the address itself.
     let mut out = LineReader::new(std::fs::File::from(out_r));
     let line = out.line(fixtures::LINE_TIMEOUT).unwrap();
@@ -123,7 +132,10 @@ fn a_listening_socket_moves_to_a_new_process_without_refusing_a_connection() {
         s.close_fd(HELD_FD).unwrap();
         s.close().unwrap();
     }
-    assert_eq!(new.thread(entry.tid).unwrap().stop, Some(tracer::ptrace::Stop::SyscallEnter));
+    assert_eq!(
+        new.thread(entry.tid).unwrap().stop,
+        Some(tracer::ptrace::Stop::SyscallEnter)
+    );
     assert_eq!(new.regs(entry.tid).unwrap().orig_rax, entry.nr);
     assert!(!std::path::Path::new(&format!("/proc/{new_pid}/fd/{HELD_FD}")).exists());
 

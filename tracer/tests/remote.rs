@@ -61,8 +61,14 @@ fn remote_syscalls_run_inside_the_tracee() {
 
         let addr = s.mmap_anonymous(8192).unwrap();
         assert!(maps_text(pid).contains(&format!("{:x}-", addr.get())));
-        s.tracee().memory().write(addr, b"written from outside").unwrap();
-        assert_eq!(s.tracee().memory().read_vec(addr, 20).unwrap(), b"written from outside");
+        s.tracee()
+            .memory()
+            .write(addr, b"written from outside")
+            .unwrap();
+        assert_eq!(
+            s.tracee().memory().read_vec(addr, 20).unwrap(),
+            b"written from outside"
+        );
         s.munmap(addr, 8192).unwrap();
         assert!(!maps_text(pid).contains(&format!("{:x}-", addr.get())));
 
@@ -73,13 +79,28 @@ fn remote_syscalls_run_inside_the_tracee() {
 
         // The kernel's own error comes back typed and named.
         let e = s.close_fd(12345).unwrap_err();
-        assert!(matches!(e, Error::RemoteSyscall { errno: nix::Error::EBADF, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                Error::RemoteSyscall {
+                    errno: nix::Error::EBADF,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         assert!(e.to_string().contains("close(12345)"), "{e}");
         // The raw level: -errno.
-        assert_eq!(s.syscall(libc::SYS_close, &[12345]).unwrap(), -(libc::EBADF as i64));
+        assert_eq!(
+            s.syscall(libc::SYS_close, &[12345]).unwrap(),
+            -(libc::EBADF as i64)
+        );
         s.close().unwrap();
     }
-    assert_eq!(format!("{:?}", t.regs(pid).unwrap()), format!("{before_regs:?}"));
+    assert_eq!(
+        format!("{:?}", t.regs(pid).unwrap()),
+        format!("{before_regs:?}")
+    );
     assert_eq!(entry_bytes(&t), before_code);
     t.detach().unwrap();
     still_serves(&mut f, port);
@@ -102,7 +123,10 @@ fn remote_calls_use_the_tracees_own_malloc() {
         assert!(!p.is_null());
         assert!(s.call(usable, &[p.get()]).unwrap() >= 100);
         s.tracee().memory().write(p, &[0xab; 100]).unwrap();
-        assert_eq!(s.tracee().memory().read_vec(p, 100).unwrap(), vec![0xab; 100]);
+        assert_eq!(
+            s.tracee().memory().read_vec(p, 100).unwrap(),
+            vec![0xab; 100]
+        );
         s.call(free, &[p.get()]).unwrap();
         s.close().unwrap();
         assert_eq!(format!("{:?}", t.regs(tid).unwrap()), format!("{before:?}"));

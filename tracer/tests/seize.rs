@@ -28,7 +28,10 @@ fn wake_all(f: &mut Fixture, port: u16) {
             woke.insert(who.to_owned());
         }
     }
-    assert_eq!(woke.into_iter().collect::<Vec<_>>(), ["accept", "epoll", "read"]);
+    assert_eq!(
+        woke.into_iter().collect::<Vec<_>>(),
+        ["accept", "epoll", "read"]
+    );
 }
 
 #[test]
@@ -49,7 +52,10 @@ fn seize_stops_every_thread_and_detach_is_invisible() {
             assert_eq!(task_state(pid, tid), 't', "thread {tid} in tracing stop");
         }
         // TracerPid names the tracer thread.
-        assert_eq!(tracer::procfs::tracer_of(pid).unwrap(), Some(nix::unistd::gettid()));
+        assert_eq!(
+            tracer::procfs::tracer_of(pid).unwrap(),
+            Some(nix::unistd::gettid())
+        );
         t.detach().unwrap();
         assert_eq!(tracer::procfs::tracer_of(pid).unwrap(), None);
         wait_blocker_blocked(pid);
@@ -86,19 +92,19 @@ fn a_stopped_process_stays_stopped_after_detach() {
     let pid = f.pid();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     // Wait for the group-stop to complete (every thread 'T').
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !tracer::procfs::threads(pid).unwrap().iter().all(|&t| task_state(pid, t) == 'T') {
-        assert!(std::time::Instant::now() < deadline);
-        std::thread::yield_now();
-    }
+    wait_all_stopped(pid);
     let t = Tracee::seize(pid).unwrap();
     assert!(matches!(t.thread(pid).unwrap().stop, Some(Stop::Group(_))));
     t.detach().unwrap();
-    for tid in tracer::procfs::threads(pid).unwrap() {
-        assert_eq!(task_state(pid, tid), 'T', "still stopped after detach");
-    }
+    // On detach the kernel re-arms the group-stop and wakes each thread, which passes through
+    // 'R' on its way back into 'T': wait for that, do not sample.
+    wait_all_stopped(pid);
+    // Stopped for good: nothing answers until SIGCONT (checked after it, in order).
+    f.send("stats");
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
-    assert!(f.ask("stats", "STATS").starts_with("STATS"));
+    // (The stop signal itself may have made epoll_wait fail with EINTR, as signal(7) says:
+    // that is the program's to see, so only the answer is checked.)
+    assert!(f.line_starting("STATS").starts_with("STATS accepted=0"));
 }
 
 #[test]
@@ -138,7 +144,10 @@ fn seize_errors_are_precise() {
 #[test]
 #[ignore = "helper process, run by seized_process_survives_tracer_sigkill"]
 fn helper_seize_and_hold() {
-    let pid: i32 = std::env::var("TRACER_TEST_SEIZE_PID").unwrap().parse().unwrap();
+    let pid: i32 = std::env::var("TRACER_TEST_SEIZE_PID")
+        .unwrap()
+        .parse()
+        .unwrap();
     let _t = Tracee::seize(Pid::from_raw(pid)).unwrap();
     println!("SEIZED");
     std::io::stdout().flush().unwrap();
@@ -153,7 +162,12 @@ fn seized_process_survives_tracer_sigkill() {
     let pid = f.pid();
     let port: u16 = ready["port"].parse().unwrap();
     let mut helper = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "helper_seize_and_hold", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "helper_seize_and_hold",
+            "--ignored",
+            "--nocapture",
+        ])
         .env("TRACER_TEST_SEIZE_PID", pid.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -162,7 +176,9 @@ fn seized_process_survives_tracer_sigkill() {
     let _reap = fixtures::Reaper(Pid::from_raw(helper.id() as i32));
     let mut out = LineReader::new(helper.stdout.take().unwrap());
     while out.line(fixtures::LINE_TIMEOUT).unwrap() != "SEIZED" {}
-    let tracer = tracer::procfs::tracer_of(pid).unwrap().expect("traced by the helper");
+    let tracer = tracer::procfs::tracer_of(pid)
+        .unwrap()
+        .expect("traced by the helper");
     assert_eq!(tgid(tracer), Pid::from_raw(helper.id() as i32));
     helper.kill().unwrap();
     helper.wait().unwrap();
@@ -184,5 +200,21 @@ fn wake_all_tolerant(f: &mut Fixture, port: u16) {
         if let Some(who) = f.line().strip_prefix("WOKE ") {
             woke.insert(who.to_owned());
         }
+    }
+}
+
+/// Waits (bounded) until every thread of `pid` is in job-control stop ('T').
+fn wait_all_stopped(pid: Pid) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !tracer::procfs::threads(pid)
+        .unwrap()
+        .iter()
+        .all(|&t| task_state(pid, t) == 'T')
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {pid} did not stop"
+        );
+        std::thread::yield_now();
     }
 }

@@ -30,10 +30,24 @@ pub fn blocked_in(pid: Pid, tid: Pid) -> Option<i64> {
 pub fn blocker_calls() -> Vec<(&'static str, Vec<i64>)> {
     vec![
         ("accept", vec![libc::SYS_accept, libc::SYS_accept4]),
-        ("epoll", vec![libc::SYS_epoll_wait, libc::SYS_epoll_pwait, libc::SYS_epoll_pwait2]),
+        (
+            "epoll",
+            vec![
+                libc::SYS_epoll_wait,
+                libc::SYS_epoll_pwait,
+                libc::SYS_epoll_pwait2,
+            ],
+        ),
         ("read", vec![libc::SYS_read]),
         // A sleep restarted after a stop continues as restart_syscall(2).
-        ("sleep", vec![libc::SYS_nanosleep, libc::SYS_clock_nanosleep, libc::SYS_restart_syscall]),
+        (
+            "sleep",
+            vec![
+                libc::SYS_nanosleep,
+                libc::SYS_clock_nanosleep,
+                libc::SYS_restart_syscall,
+            ],
+        ),
     ]
 }
 
@@ -45,7 +59,10 @@ pub fn wait_blocker_blocked(pid: Pid) {
     for (name, calls) in blocker_calls() {
         let tid = names[name];
         while !blocked_in(pid, tid).is_some_and(|n| calls.contains(&n)) {
-            assert!(Instant::now() < deadline, "thread {name} never blocked in {calls:?}");
+            assert!(
+                Instant::now() < deadline,
+                "thread {name} never blocked in {calls:?}"
+            );
             std::thread::yield_now();
         }
     }
@@ -59,5 +76,10 @@ pub fn task_state(pid: Pid, tid: Pid) -> char {
 
 /// The process (thread group) a thread id belongs to.
 pub fn tgid(tid: Pid) -> Pid {
-    Pid::from_raw(tracer::procfs::status_field(tid, "Tgid").unwrap().parse().unwrap())
+    Pid::from_raw(
+        tracer::procfs::status_field(tid, "Tgid")
+            .unwrap()
+            .parse()
+            .unwrap(),
+    )
 }
