@@ -51,6 +51,9 @@ pub struct Thread {
     interrupted: bool,
     /// A syscall rewrite to finish at this thread's next syscall-exit-stop.
     rewrite: Option<i64>,
+    /// Created while we traced and not yet seen stopping: its automatic first stop is still to
+    /// come, so it must not be interrupted (that would leave a second trap pending).
+    fresh: bool,
 }
 
 impl Thread {
@@ -61,6 +64,7 @@ impl Thread {
             pending: VecDeque::new(),
             interrupted: false,
             rewrite: None,
+            fresh: false,
         }
     }
 }
@@ -193,7 +197,8 @@ impl Tracee {
                     Err(nix::Error::ESRCH) if tid != pid => {}
                     Err(nix::Error::EPERM) => {
                         if let Ok(Some(tracer)) = procfs::tracer_of(pid) {
-                            if tracer != nix::unistd::getpid() {
+                            // TracerPid names the tracer thread.
+                            if tracer != nix::unistd::gettid() {
                                 return Err(Error::AlreadyTraced { pid, tracer });
                             }
                         }
@@ -315,6 +320,7 @@ impl Tracee {
                         .entry(tid)
                         .or_insert_with(|| Thread::new(tid, None));
                     th.stop = Some(stop);
+                    th.fresh = false;
                     if let Stop::Event {
                         event: crate::ptrace::Event::Clone,
                         msg,
@@ -322,9 +328,10 @@ impl Tracee {
                     {
                         let child = Pid::from_raw(msg as i32);
                         // The new thread reports its own first stop (an interrupt stop).
-                        self.threads
-                            .entry(child)
-                            .or_insert_with(|| Thread::new(child, None));
+                        self.threads.entry(child).or_insert_with(|| Thread {
+                            fresh: true,
+                            ..Thread::new(child, None)
+                        });
                     }
                     return Ok(Some((tid, stop)));
                 }
@@ -383,7 +390,7 @@ impl Tracee {
     pub fn interrupt_all(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         for th in self.threads.values() {
-            if th.stop.is_none() {
+            if th.stop.is_none() && !th.fresh {
                 match ptrace::interrupt(th.tid) {
                     Ok(()) | Err(nix::Error::ESRCH) => {}
                     Err(e) => return Err(Error::sys(th.tid, "PTRACE_INTERRUPT", e)),
@@ -405,37 +412,55 @@ impl Tracee {
         Ok(())
     }
 
-    /// Files a stop seen while stopping threads: an interrupt or group stop parks the thread;
-    /// a signal is kept for later delivery and the thread restarted so it reaches the interrupt.
+    /// Files a stop seen while stopping threads. An interrupt or group stop parks the thread.
+    /// Any other stop has consumed our pending `PTRACE_INTERRUPT` (kernel `ptrace_stop()`: "any
+    /// trap clears pending STOP trap"), so the thread is made ready to resume correctly later
+    /// and then interrupted again, to park at an interrupt stop like the others:
+    /// - a signal is kept for delivery when the thread resumes for real;
+    /// - a system call seen at its entry is rewound, to be issued afresh on resume (not run now,
+    ///   unseen by a syscall hook);
+    /// - a rewritten call seen at its exit gets its rewritten result now.
     fn park(&mut self, tid: Pid, stop: Stop) -> Result<()> {
         let th = self.threads.get_mut(&tid).expect("known thread");
         match stop {
             Stop::Interrupt => {
                 th.interrupted = true;
-                Ok(())
+                return Ok(());
             }
             // Stopped by a stop signal before or while we came: an EINTR it caused is the
             // program's to see (signal(7)), not ours to hide.
-            Stop::Group(_) => Ok(()),
-            Stop::Signal(sig) => {
-                // Keep it; the pending PTRACE_INTERRUPT stops the thread right after.
-                th.pending.push_back(sig);
-                th.stop = None;
-                restart(tid, Restart::Continue, None)
+            Stop::Group(_) => return Ok(()),
+            Stop::Signal(sig) => th.pending.push_back(sig),
+            Stop::SyscallEnter => {
+                let mut r = regs(tid)?;
+                r.rax = r.orig_rax;
+                r.orig_rax = u64::MAX;
+                r.rip -= SYSCALL_INSN_LEN;
+                set_regs(tid, &r)?;
+                th.rewrite = None;
             }
-            Stop::Event { .. } | Stop::SyscallEnter | Stop::SyscallExit => {
-                // A thread that was running under PTRACE_SYSCALL or reported an event: it is
-                // stopped, which is all we need; its interrupt stop will follow on restart.
-                th.interrupted = false;
-                // Ask again, so that a later restart stops at the interrupt, not runs on.
-                let _ = ptrace::interrupt(tid);
-                Ok(())
+            Stop::SyscallExit => {
+                if let Some(ret) = th.rewrite.take() {
+                    let mut r = regs(tid)?;
+                    r.rax = ret as u64;
+                    set_regs(tid, &r)?;
+                }
             }
+            Stop::Event { .. } => {}
         }
+        th.interrupted = false;
+        th.stop = None;
+        match ptrace::interrupt(tid) {
+            Ok(()) | Err(nix::Error::ESRCH) => {}
+            Err(e) => return Err(Error::sys(tid, "PTRACE_INTERRUPT", e)),
+        }
+        restart(tid, Restart::Continue, None)
     }
 
     /// Restarts every stopped thread (`how`), delivering kept signals, and re-issuing a system
-    /// call that our interrupt broke with `EINTR` (see below). The process runs, traced.
+    /// call that our interrupt broke with `EINTR` (see below). The process runs, traced: with
+    /// `PTRACE_O_TRACECLONE` it stops at every thread it creates until someone waits for it
+    /// ([`Tracee::run`], [`Tracee::interrupt_all`]).
     ///
     /// signal(7): "certain blocking interfaces can fail with the error EINTR after the process
     /// is stopped ... and then resumed", among them `epoll_wait`. A program must not see that
