@@ -40,6 +40,9 @@ impl TempDir {
             N.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&p).expect("create temp dir");
+        // Reachable by the unprivileged user some tests run as.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         TempDir(p)
     }
 }
@@ -90,7 +93,9 @@ fn spawn_sets_the_whole_execution_context() {
         .write_all(b"written into fd 7\n")
         .expect("write fd 7 pipe");
     let dir = TempDir::new("cwd");
-    let cfg = SpawnConfig::new(fixtures::path("report"))
+    // Run as nobody: the binary and the cwd must be reachable by that user.
+    let report = fixtures::PublicCopy::new("report");
+    let cfg = SpawnConfig::new(report.path())
         .argv(["report-argv0", "readfd=7", "two words"])
         .env_clear()
         .env("TRANSPLANT_FIXTURE_VAR", "set by the test")
