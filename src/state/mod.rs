@@ -14,6 +14,7 @@
 
 mod capture;
 mod layout;
+pub mod live;
 
 pub use capture::{capture, AddressSpace, ChunkRef, Region, RegionKind};
 
