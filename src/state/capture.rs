@@ -87,6 +87,7 @@ where
         typed: VecDeque::new(),
         untyped: VecDeque::new(),
         scanned_untyped: Vec::new(),
+        externals: HashMap::new(),
     };
     c.add_globals(bias);
     c.run();
@@ -107,6 +108,9 @@ struct Capturer<'a, M: ?Sized, S: ?Sized> {
     untyped: VecDeque<ObjectId>,
     /// Whether each object was scanned conservatively (indexed by object id).
     scanned_untyped: Vec<bool>,
+    /// Targets outside the heap and the globals, by address: the same few functions and
+    /// literals are named by many pointers, and classifying one costs a symbol lookup.
+    externals: HashMap<u64, Target>,
 }
 
 impl<M: Memory + ?Sized, S: AddressSpace + ?Sized> Capturer<'_, M, S> {
@@ -430,6 +434,16 @@ impl<M: Memory + ?Sized, S: AddressSpace + ?Sized> Capturer<'_, M, S> {
                 offset: v - c.start.get(),
             };
         }
+        if let Some(t) = self.externals.get(&v) {
+            return t.clone();
+        }
+        let t = self.classify_external(addr);
+        self.externals.insert(v, t.clone());
+        t
+    }
+
+    /// Where `addr` leads when it is in no global and no heap chunk.
+    fn classify_external(&mut self, addr: RemoteAddr) -> Target {
         let r = self.space.region(addr);
         match r.kind {
             RegionKind::Unmapped => Target::Dangling {

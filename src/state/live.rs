@@ -2,6 +2,7 @@
 //! reads, classify addresses with its mappings and symbols, let it go, and build the graph
 //! from the copy.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use tracer::procfs::{Mapping, MappingKind};
@@ -18,11 +19,44 @@ pub trait ChunkIndex {
 
 impl ChunkIndex for crate::heap::Heap {
     fn chunk(&self, addr: RemoteAddr) -> Option<ChunkRef> {
-        self.chunk_containing(addr).map(|c| ChunkRef {
-            start: c.user,
-            size: c.usable_size,
-            in_use: c.is_in_use(),
-        })
+        self.chunk_containing(addr).map(chunk_ref)
+    }
+}
+
+fn chunk_ref(c: &crate::heap::Chunk) -> ChunkRef {
+    ChunkRef {
+        start: c.user,
+        size: c.usable_size,
+        in_use: c.is_in_use(),
+    }
+}
+
+/// A heap with a hash index of chunk starts in front of its binary search: most pointers
+/// point at the start of a chunk, and with a million chunks every probe of the binary search
+/// is a cache miss (the search was most of the capture's time).
+pub struct IndexedHeap<'a> {
+    heap: &'a crate::heap::Heap,
+    starts: HashMap<RemoteAddr, ChunkRef>,
+}
+
+impl<'a> IndexedHeap<'a> {
+    /// Indexes every chunk of `heap` by its user pointer.
+    pub fn new(heap: &'a crate::heap::Heap) -> Self {
+        let starts = heap
+            .chunks()
+            .iter()
+            .map(|c| (c.user, chunk_ref(c)))
+            .collect();
+        IndexedHeap { heap, starts }
+    }
+}
+
+impl ChunkIndex for IndexedHeap<'_> {
+    fn chunk(&self, addr: RemoteAddr) -> Option<ChunkRef> {
+        match self.starts.get(&addr) {
+            Some(c) => Some(*c),
+            None => self.heap.chunk(addr),
+        }
     }
 }
 
@@ -277,7 +311,8 @@ pub fn capture_process(pid: Pid) -> Result<LiveCapture, CaptureError> {
 
     let t3 = std::time::Instant::now();
     let live = ProcessMemory::new(pid);
-    let space = LiveSpace::with_maps(pid, &heap, maps).map_err(proc_err)?;
+    let index = IndexedHeap::new(&heap);
+    let space = LiveSpace::with_maps(pid, &index, maps).map_err(proc_err)?;
     let mem = Layered {
         snapshot: &snapshot,
         live: &live,
@@ -285,6 +320,7 @@ pub fn capture_process(pid: Pid) -> Result<LiveCapture, CaptureError> {
     let graph = super::capture(&binary, bias, &mem, &space);
     let graph_t = t3.elapsed();
     drop(space);
+    drop(index);
     Ok(LiveCapture {
         binary,
         bias,
