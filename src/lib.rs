@@ -7,4 +7,5 @@
 
 pub mod debuginfo;
 pub mod heap;
+pub mod inspect;
 pub mod state;

@@ -28,6 +28,18 @@ struct Cli {
 enum Command {
     /// Build the bundled example server pair, update a running v1 to v2 live, and show it.
     Demo,
+    /// Show a live process's globals (and with --heap its heap objects) as typed values.
+    Inspect {
+        /// The process to look at; it is stopped while its memory is read, then resumed.
+        #[arg(long)]
+        pid: i32,
+        /// Also show the heap objects reachable from the globals, and a summary of the graph.
+        #[arg(long)]
+        heap: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -35,6 +47,13 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match (&cli.command, cli.pid) {
         (Some(Command::Demo), _) => cli::demo::run(),
+        (Some(Command::Inspect { pid, heap, json }), _) => {
+            cli::inspect::run(cli::inspect::Config {
+                pid: *pid,
+                heap: *heap,
+                json: *json,
+            })
+        }
         (None, Some(pid)) => cli::update::run(pid, cli.to.as_deref().expect("clap requires --to")),
         (None, None) => {
             use clap::CommandFactory;

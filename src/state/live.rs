@@ -252,6 +252,10 @@ pub struct LiveCapture {
     pub graph: super::StateGraph,
     /// The heap as walked.
     pub heap: crate::heap::Heap,
+    /// The private writable memory copied while the process was stopped.
+    pub memory: Snapshot,
+    /// The main thread's thread pointer (`fs_base`) at the capture, for thread-locals.
+    pub main_fs_base: Option<u64>,
     /// Mappings that could not be copied.
     pub skipped: Vec<String>,
     /// Timings.
@@ -266,7 +270,7 @@ pub fn capture_process(pid: Pid) -> Result<LiveCapture, CaptureError> {
     let proc_err = |source| CaptureError::Process { pid, source };
     let t0 = std::time::Instant::now();
     if !tracer::procfs::exists(pid) {
-        return Err(proc_err(tracer::Error::Gone { pid, status: None }));
+        return Err(proc_err(tracer::Error::NoSuchProcess { pid }));
     }
     let exe = exe_path(pid);
     let binary = std::sync::Arc::new(
@@ -292,6 +296,7 @@ pub fn capture_process(pid: Pid) -> Result<LiveCapture, CaptureError> {
     let tracee = tracer::Tracee::seize(pid).map_err(proc_err)?;
     let maps = tracer::procfs::maps(pid).map_err(proc_err)?;
     let (snapshot, skipped) = snapshot_writable(tracee.memory(), &maps);
+    let main_fs_base = tracee.regs(pid).ok().map(|r| r.fs_base);
     tracee.detach().map_err(proc_err)?;
     let stopped = t1.elapsed();
     let copied_bytes = snapshot.regions().map(|(_, b)| b.len() as u64).sum();
@@ -326,6 +331,8 @@ pub fn capture_process(pid: Pid) -> Result<LiveCapture, CaptureError> {
         bias,
         graph,
         heap,
+        memory: snapshot,
+        main_fs_base,
         skipped,
         times: CaptureTimes {
             prepare_ms: prepare.as_secs_f64() * 1e3,

@@ -22,6 +22,13 @@ pub enum Error {
         status: Option<ExitStatus>,
     },
 
+    /// No process has this id (it never existed, or ended before we first looked).
+    #[error("no such process {pid}")]
+    NoSuchProcess {
+        /// The id asked for.
+        pid: Pid,
+    },
+
     /// The kernel refused to let us trace or touch the process.
     #[error("not permitted to {op} process {pid}: {source}")]
     PermissionDenied {
@@ -214,9 +221,9 @@ impl Error {
         }
     }
 
-    /// Whether this error means the process is gone.
+    /// Whether this error means the process is gone (or never was).
     pub fn is_gone(&self) -> bool {
-        matches!(self, Error::Gone { .. })
+        matches!(self, Error::Gone { .. } | Error::NoSuchProcess { .. })
     }
 }
 

@@ -32,7 +32,8 @@ pub fn read_bytes(pid: Pid, file: &str) -> Result<Vec<u8>> {
 
 fn io_error(pid: Pid, path: PathBuf, source: std::io::Error) -> Error {
     if source.kind() == std::io::ErrorKind::NotFound || source.raw_os_error() == Some(libc::ESRCH) {
-        Error::Gone { pid, status: None }
+        // From /proc alone, "exited a moment ago" and "never was" look the same.
+        Error::NoSuchProcess { pid }
     } else {
         Error::Io { path, source }
     }

@@ -161,12 +161,12 @@ impl Tracee {
     /// Uses `PTRACE_SEIZE` (not `PTRACE_ATTACH`, which would send a `SIGSTOP` the program
     /// could observe) and `PTRACE_INTERRUPT`; never `PTRACE_O_EXITKILL`, so the process outlives
     /// us whatever happens to us. Threads created meanwhile are caught by `PTRACE_O_TRACECLONE`.
-    /// Fails with [`Error::Gone`] for a missing process, [`Error::AlreadyTraced`] if another
+    /// Fails with [`Error::NoSuchProcess`] for a missing process, [`Error::AlreadyTraced`] if another
     /// tracer holds it, [`Error::PermissionDenied`] if we may not trace it; on failure every
     /// thread already seized is detached again.
     pub fn seize(pid: Pid) -> Result<Tracee> {
         if pid.as_raw() <= 0 || !procfs::exists(pid) {
-            return Err(Error::Gone { pid, status: None });
+            return Err(Error::NoSuchProcess { pid });
         }
         if let Some(tracer) = procfs::tracer_of(pid)? {
             return Err(Error::AlreadyTraced { pid, tracer });
