@@ -133,15 +133,7 @@ pub fn globals_with(pid: Pid, options: &LoadOptions) -> Result<Globals, InspectE
     let tracee = Tracee::seize(pid)?;
     let stop_start = Instant::now();
     let resolver = SymbolResolver::new(pid)?;
-    let main = resolver
-        .objects()
-        .iter()
-        .find(|o| o.role == ObjectRole::Main)
-        .cloned()
-        .ok_or_else(|| InspectError::NoMainObject {
-            pid,
-            exe: executable.clone(),
-        })?;
+    let main = main_object(pid, &resolver, &executable)?;
     let load_bias = bin.load_bias(main.base.get());
     if load_bias != main.bias {
         tracing::warn!(
@@ -188,6 +180,23 @@ pub fn globals_with(pid: Pid, options: &LoadOptions) -> Result<Globals, InspectE
         globals,
         stopped,
     })
+}
+
+/// The main executable among the objects `resolver` found in `pid`.
+fn main_object(
+    pid: Pid,
+    resolver: &SymbolResolver,
+    exe: &Path,
+) -> Result<tracer::symbols::LoadedObject, InspectError> {
+    resolver
+        .objects()
+        .iter()
+        .find(|o| o.role == ObjectRole::Main)
+        .cloned()
+        .ok_or_else(|| InspectError::NoMainObject {
+            pid,
+            exe: exe.to_path_buf(),
+        })
 }
 
 /// Where the variables are in one process.
@@ -355,15 +364,7 @@ pub fn globals_from(
     let exe_link = tracer::procfs::exe_link(pid);
     let names = gdb_names(bin);
     let resolver = SymbolResolver::new(pid)?;
-    let main = resolver
-        .objects()
-        .iter()
-        .find(|o| o.role == ObjectRole::Main)
-        .cloned()
-        .ok_or_else(|| InspectError::NoMainObject {
-            pid,
-            exe: exe_link.clone(),
-        })?;
+    let main = main_object(pid, &resolver, &exe_link)?;
     let layout = Layout {
         bin,
         names: &names,

@@ -163,8 +163,7 @@ pub fn wait_until(tid: Option<Pid>, deadline: Option<Instant>) -> Result<Option<
     let Some(deadline) = deadline else {
         return wait_raw(tid, true);
     };
-    let mut spins = 0u32;
-    let mut nap = Duration::from_micros(20);
+    let mut backoff = Backoff::default();
     loop {
         if let Some(r) = wait_raw(tid, false)? {
             return Ok(Some(r));
@@ -172,12 +171,28 @@ pub fn wait_until(tid: Option<Pid>, deadline: Option<Instant>) -> Result<Option<
         if Instant::now() >= deadline {
             return Ok(None);
         }
-        if spins < 200 {
-            spins += 1;
+        backoff.pause();
+    }
+}
+
+/// Pauses between polls of something that has no blocking wait with a time limit: spins
+/// (yielding) 200 times, then sleeps 20 µs doubling up to 1 ms. A change is seen at most
+/// ~1 ms late, and a long wait costs little CPU.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    spins: u32,
+    nap: Duration,
+}
+
+impl Backoff {
+    /// Waits a little before the next poll.
+    pub fn pause(&mut self) {
+        if self.spins < 200 {
+            self.spins += 1;
             std::thread::yield_now();
         } else {
-            std::thread::sleep(nap);
-            nap = (nap * 2).min(Duration::from_millis(1));
+            self.nap = (self.nap * 2).clamp(Duration::from_micros(20), Duration::from_millis(1));
+            std::thread::sleep(self.nap);
         }
     }
 }

@@ -506,42 +506,29 @@ impl Drop for RemoteSession<'_> {
 
 fn get_xstate(tid: Pid) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; XSTATE_MAX];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: PTRACE_GETREGSET with NT_X86_XSTATE writes at most iov_len bytes into iov_base
-    // and updates iov_len to the size written (ptrace(2)); buf outlives the call.
-    let rc = unsafe {
-        libc::ptrace(
-            libc::PTRACE_GETREGSET,
-            tid.as_raw(),
-            NT_X86_XSTATE as usize as *mut libc::c_void,
-            &mut iov as *mut libc::iovec as *mut libc::c_void,
-        )
-    };
-    if rc == -1 {
-        return Err(Error::sys(
-            tid,
-            "PTRACE_GETREGSET(NT_X86_XSTATE)",
-            nix::Error::last(),
-        ));
-    }
-    buf.truncate(iov.iov_len);
+    let len = xstate_regset(tid, libc::PTRACE_GETREGSET, &mut buf)?;
+    buf.truncate(len);
     Ok(buf)
 }
 
 fn set_xstate(tid: Pid, state: &[u8]) -> Result<()> {
     let mut copy = state.to_vec();
+    xstate_regset(tid, libc::PTRACE_SETREGSET, &mut copy).map(drop)
+}
+
+/// `PTRACE_GETREGSET`/`PTRACE_SETREGSET` of `NT_X86_XSTATE` through `buf`; returns the length
+/// the kernel read or wrote.
+fn xstate_regset(tid: Pid, request: libc::c_uint, buf: &mut [u8]) -> Result<usize> {
     let mut iov = libc::iovec {
-        iov_base: copy.as_mut_ptr().cast(),
-        iov_len: copy.len(),
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
     };
-    // SAFETY: PTRACE_SETREGSET reads iov_len bytes from iov_base (ptrace(2)); the buffer is
-    // the one PTRACE_GETREGSET filled for this thread and outlives the call.
+    // SAFETY: with NT_X86_XSTATE, PTRACE_GETREGSET writes at most iov_len bytes into iov_base
+    // and PTRACE_SETREGSET reads iov_len bytes from it; both update iov_len to the size used
+    // (ptrace(2)). `buf` outlives the call.
     let rc = unsafe {
         libc::ptrace(
-            libc::PTRACE_SETREGSET,
+            request,
             tid.as_raw(),
             NT_X86_XSTATE as usize as *mut libc::c_void,
             &mut iov as *mut libc::iovec as *mut libc::c_void,
@@ -550,9 +537,9 @@ fn set_xstate(tid: Pid, state: &[u8]) -> Result<()> {
     if rc == -1 {
         return Err(Error::sys(
             tid,
-            "PTRACE_SETREGSET(NT_X86_XSTATE)",
+            "PTRACE_GETREGSET/SETREGSET(NT_X86_XSTATE)",
             nix::Error::last(),
         ));
     }
-    Ok(())
+    Ok(iov.iov_len)
 }

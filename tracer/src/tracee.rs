@@ -340,8 +340,7 @@ impl Tracee {
     }
 
     fn poll_threads(&mut self, deadline: Option<Instant>) -> Result<Option<(Pid, Status)>> {
-        let mut spins = 0u32;
-        let mut nap = Duration::from_micros(20);
+        let mut backoff = crate::ptrace::Backoff::default();
         loop {
             let tids: Vec<Pid> = self.threads.keys().copied().collect();
             for tid in tids {
@@ -365,13 +364,7 @@ impl Tracee {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(None);
             }
-            if spins < 200 {
-                spins += 1;
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(nap);
-                nap = (nap * 2).min(Duration::from_millis(1));
-            }
+            backoff.pause();
         }
     }
 
