@@ -266,80 +266,136 @@ pub struct LiveCapture {
 /// and its writable memory copied; the heap walk and the graph are built from the copy after
 /// it runs again. The process is only read, never written, and is detached on every path.
 pub fn capture_process(pid: Pid) -> Result<LiveCapture, CaptureError> {
-    use crate::heap::{GlibcHeap, Heap, HeapContext, HeapRegions};
     let proc_err = |source| CaptureError::Process { pid, source };
-    let t0 = std::time::Instant::now();
     if !tracer::procfs::exists(pid) {
         return Err(proc_err(tracer::Error::NoSuchProcess { pid }));
     }
-    let exe = exe_path(pid);
-    let binary = std::sync::Arc::new(
-        crate::debuginfo::Binary::load(&exe)
-            .map_err(|source| CaptureError::DebugInfo { pid, source })?,
-    );
-    let located = GlibcHeap::locate_or_degraded(pid)?;
-    let main = tracer::symbols::loaded_objects(pid)
-        .map_err(proc_err)?
-        .into_iter()
-        .find(|o| o.role == tracer::symbols::ObjectRole::Main)
-        .ok_or_else(|| {
-            proc_err(tracer::Error::Parse {
-                pid,
-                what: "/proc/PID/maps",
-                detail: "no mapping of the main executable".into(),
-            })
-        })?;
-    let bias = binary.load_bias(main.base.get());
-    let prepare = t0.elapsed();
-
+    let prepared = Prepared::new(pid)?;
     let t1 = std::time::Instant::now();
     let tracee = tracer::Tracee::seize(pid).map_err(proc_err)?;
-    let maps = tracer::procfs::maps(pid).map_err(proc_err)?;
-    let (snapshot, skipped) = snapshot_writable(tracee.memory(), &maps);
-    let main_fs_base = tracee.regs(pid).ok().map(|r| r.fs_base);
+    let copy = prepared.copy(&tracee)?;
     tracee.detach().map_err(proc_err)?;
     let stopped = t1.elapsed();
-    let copied_bytes = snapshot.regions().map(|(_, b)| b.len() as u64).sum();
+    prepared.build(copy, stopped)
+}
 
-    let t2 = std::time::Instant::now();
-    let page = located.regions().page_size;
-    let ctx = match located.globals() {
-        Some(g) => HeapContext::new(
-            format!("process {pid}"),
-            g.clone(),
-            HeapRegions::from_maps(&maps, page),
-        ),
-        None => located,
-    };
-    let heap = Heap::walk(&snapshot, &ctx)?;
-    let heap_walk = t2.elapsed();
+/// Captures process `pid`, which the caller holds stopped as `tracee` (a process we spawned
+/// and hold at its quiescent point, or one we seized): as [`capture_process`], without
+/// seizing or releasing it.
+pub fn capture_stopped(tracee: &tracer::Tracee) -> Result<LiveCapture, CaptureError> {
+    let prepared = Prepared::new(tracee.pid())?;
+    let t1 = std::time::Instant::now();
+    let copy = prepared.copy(tracee)?;
+    prepared.build(copy, t1.elapsed())
+}
 
-    let t3 = std::time::Instant::now();
-    let live = ProcessMemory::new(pid);
-    let index = IndexedHeap::new(&heap);
-    let space = LiveSpace::with_maps(pid, &index, maps).map_err(proc_err)?;
-    let mem = Layered {
-        snapshot: &snapshot,
-        live: &live,
-    };
-    let graph = super::capture(&binary, bias, &mem, &space);
-    let graph_t = t3.elapsed();
-    drop(space);
-    drop(index);
-    Ok(LiveCapture {
-        binary,
-        bias,
-        graph,
-        heap,
-        memory: snapshot,
-        main_fs_base,
-        skipped,
-        times: CaptureTimes {
-            prepare_ms: prepare.as_secs_f64() * 1e3,
-            stopped_ms: stopped.as_secs_f64() * 1e3,
-            copied_bytes,
-            heap_walk_ms: heap_walk.as_secs_f64() * 1e3,
-            graph_ms: graph_t.as_secs_f64() * 1e3,
-        },
-    })
+/// What a capture needs that can be had while the process runs: debug info, malloc's place.
+struct Prepared {
+    pid: Pid,
+    binary: std::sync::Arc<crate::debuginfo::Binary>,
+    bias: u64,
+    located: crate::heap::HeapContext,
+    prepare: std::time::Duration,
+}
+
+/// What is read while the process is stopped.
+struct Copy {
+    maps: Vec<Mapping>,
+    snapshot: Snapshot,
+    skipped: Vec<String>,
+    main_fs_base: Option<u64>,
+}
+
+impl Prepared {
+    fn new(pid: Pid) -> Result<Self, CaptureError> {
+        let proc_err = |source| CaptureError::Process { pid, source };
+        let t0 = std::time::Instant::now();
+        let exe = exe_path(pid);
+        let binary = std::sync::Arc::new(
+            crate::debuginfo::Binary::load(&exe)
+                .map_err(|source| CaptureError::DebugInfo { pid, source })?,
+        );
+        let located = crate::heap::GlibcHeap::locate_or_degraded(pid)?;
+        let main = tracer::symbols::loaded_objects(pid)
+            .map_err(proc_err)?
+            .into_iter()
+            .find(|o| o.role == tracer::symbols::ObjectRole::Main)
+            .ok_or_else(|| {
+                proc_err(tracer::Error::Parse {
+                    pid,
+                    what: "/proc/PID/maps",
+                    detail: "no mapping of the main executable".into(),
+                })
+            })?;
+        let bias = binary.load_bias(main.base.get());
+        Ok(Prepared {
+            pid,
+            binary,
+            bias,
+            located,
+            prepare: t0.elapsed(),
+        })
+    }
+
+    fn copy(&self, tracee: &tracer::Tracee) -> Result<Copy, CaptureError> {
+        let pid = self.pid;
+        let maps =
+            tracer::procfs::maps(pid).map_err(|source| CaptureError::Process { pid, source })?;
+        let (snapshot, skipped) = snapshot_writable(tracee.memory(), &maps);
+        let main_fs_base = tracee.regs(pid).ok().map(|r| r.fs_base);
+        Ok(Copy {
+            maps,
+            snapshot,
+            skipped,
+            main_fs_base,
+        })
+    }
+
+    fn build(self, copy: Copy, stopped: std::time::Duration) -> Result<LiveCapture, CaptureError> {
+        use crate::heap::{Heap, HeapContext, HeapRegions};
+        let pid = self.pid;
+        let copied_bytes = copy.snapshot.regions().map(|(_, b)| b.len() as u64).sum();
+        let t2 = std::time::Instant::now();
+        let page = self.located.regions().page_size;
+        let ctx = match self.located.globals() {
+            Some(g) => HeapContext::new(
+                format!("process {pid}"),
+                g.clone(),
+                HeapRegions::from_maps(&copy.maps, page),
+            ),
+            None => self.located,
+        };
+        let heap = Heap::walk(&copy.snapshot, &ctx)?;
+        let heap_walk = t2.elapsed();
+
+        let t3 = std::time::Instant::now();
+        let live = ProcessMemory::new(pid);
+        let index = IndexedHeap::new(&heap);
+        let space = LiveSpace::with_maps(pid, &index, copy.maps)
+            .map_err(|source| CaptureError::Process { pid, source })?;
+        let mem = Layered {
+            snapshot: &copy.snapshot,
+            live: &live,
+        };
+        let graph = super::capture(&self.binary, self.bias, &mem, &space);
+        let graph_t = t3.elapsed();
+        drop(space);
+        drop(index);
+        Ok(LiveCapture {
+            binary: self.binary,
+            bias: self.bias,
+            graph,
+            heap,
+            memory: copy.snapshot,
+            main_fs_base: copy.main_fs_base,
+            skipped: copy.skipped,
+            times: CaptureTimes {
+                prepare_ms: self.prepare.as_secs_f64() * 1e3,
+                stopped_ms: stopped.as_secs_f64() * 1e3,
+                copied_bytes,
+                heap_walk_ms: heap_walk.as_secs_f64() * 1e3,
+                graph_ms: graph_t.as_secs_f64() * 1e3,
+            },
+        })
+    }
 }

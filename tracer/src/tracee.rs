@@ -599,6 +599,11 @@ impl Tracee {
         mut syscalls: Option<&mut SyscallHook<'_>>,
     ) -> Result<Held> {
         let deadline = Instant::now() + timeout;
+        if !self.all_stopped() {
+            // Running under PTRACE_CONT (after resume_all): stop first, so every thread
+            // restarts the way this run needs.
+            self.interrupt_all(STOP_TIMEOUT)?;
+        }
         let how = if syscalls.is_some() {
             Restart::Syscall
         } else {
@@ -613,7 +618,16 @@ impl Tracee {
             }
             None => None,
         };
-        let result = self.run_loop(deadline, how, planted.map(|p| p.0), &mut syscalls);
+        let result = self
+            .run_loop(deadline, how, planted.map(|p| p.0), &mut syscalls)
+            .map_err(|e| match e {
+                Error::Timeout { pid, during, .. } => Error::Timeout {
+                    pid,
+                    millis: timeout.as_millis() as u64,
+                    during,
+                },
+                e => e,
+            });
         if let Some((addr, byte)) = planted {
             // Every thread is stopped again here (or the process is gone).
             if self.exit.is_none() {
@@ -637,14 +651,11 @@ impl Tracee {
         self.resume_all(how)?;
         loop {
             let Some((tid, stop)) = self.wait_any(Some(deadline))? else {
-                let millis = deadline
-                    .saturating_duration_since(Instant::now())
-                    .as_millis() as u64;
                 self.interrupt_all(STOP_TIMEOUT)?;
                 self.unwind_rewrites();
                 return Err(Error::Timeout {
                     pid: self.pid,
-                    millis,
+                    millis: 0, // `run` fills in the caller's limit
                     during: "running to the stop condition".into(),
                 });
             };
