@@ -9,3 +9,4 @@ pub mod debuginfo;
 pub mod heap;
 pub mod inspect;
 pub mod state;
+pub mod transfer;
