@@ -110,6 +110,14 @@ impl RemoteRange {
     }
 }
 
+/// Serialised as a hex string (`"0x5555555592a0"`): JSON numbers lose precision above 2^53,
+/// and hex is how addresses are read.
+impl serde::Serialize for RemoteAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{:#x}", self.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,13 +146,5 @@ mod tests {
         assert!(r.contains(RemoteAddr::new(0x10)));
         assert!(!r.contains(RemoteAddr::new(0x20)));
         assert!(RemoteRange::new(RemoteAddr::new(5), RemoteAddr::new(1)).is_empty());
-    }
-}
-
-/// Serialised as a hex string (`"0x5555555592a0"`): JSON numbers lose precision above 2^53,
-/// and hex is how addresses are read.
-impl serde::Serialize for RemoteAddr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{:#x}", self.0))
     }
 }

@@ -13,6 +13,7 @@ pub mod fd;
 pub mod mem;
 pub mod procfs;
 pub mod ptrace;
+pub mod quiesce;
 pub mod remote;
 pub mod spawn;
 pub mod symbols;
