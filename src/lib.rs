@@ -8,5 +8,6 @@
 pub mod debuginfo;
 pub mod heap;
 pub mod inspect;
+pub mod mapping;
 pub mod state;
 pub mod transfer;

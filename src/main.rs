@@ -40,6 +40,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show what changes between two versions of a program and what the update will do about
+    /// each change (automatic, by rule, or refused), without touching any process. Exit status:
+    /// 0 if nothing is refused, 1 if something is.
+    Plan {
+        /// The old version's binary.
+        #[arg(long)]
+        from: std::path::PathBuf,
+        /// The new version's binary.
+        #[arg(long)]
+        to: std::path::PathBuf,
+        /// A rules file (TOML) for renames, dropped state, defaults and value conversions.
+        #[arg(long)]
+        rules: Option<std::path::PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,6 +71,20 @@ fn main() -> ExitCode {
                 json: *json,
             })
         }
+        (
+            Some(Command::Plan {
+                from,
+                to,
+                rules,
+                json,
+            }),
+            _,
+        ) => cli::plan::run(cli::plan::Config {
+            from: from.clone(),
+            to: to.clone(),
+            rules: rules.clone(),
+            json: *json,
+        }),
         (None, Some(pid)) => cli::update::run(pid, cli.to.as_deref().expect("clap requires --to")),
         (None, None) => {
             use clap::CommandFactory;

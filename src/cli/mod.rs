@@ -2,4 +2,5 @@
 
 pub mod demo;
 pub mod inspect;
+pub mod plan;
 pub mod update;
