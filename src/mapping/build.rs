@@ -86,6 +86,34 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// The decision for state the other version does not have (a global or a field): dropped
+    /// by a rule, dropped silently going back (it exists only in the newer version), or
+    /// refused with the rule that would settle it. `section` is `globals` or `fields`.
+    fn removed(&mut self, target: &Target, path: &str, section: &str) -> (Conversion, Decision) {
+        if self.rules.drops.contains(target) {
+            (
+                Conversion::Drop,
+                self.by_rule(
+                    format!("drop.{section} \"{path}\""),
+                    "its value is intentionally not transferred",
+                ),
+            )
+        } else if self.direction == Direction::Reverse {
+            (
+                Conversion::Drop,
+                Self::auto("exists only in the newer version: dropped going back"),
+            )
+        } else {
+            (
+                Conversion::Refused,
+                Self::refused(format!(
+                    "its value would be lost (to drop it, add \"{path}\" to [drop] {section}; \
+                     if it was renamed, add it to [rename] {section})"
+                )),
+            )
+        }
+    }
+
     /// How the target's side is called in messages.
     fn target_version(&self) -> &'static str {
         match self.direction {
@@ -221,28 +249,7 @@ impl<'a> Builder<'a> {
                 });
                 continue;
             }
-            let (conversion, decision) = if self.rules.drops.contains(&target) {
-                (
-                    Conversion::Drop,
-                    self.by_rule(
-                        format!("drop.globals \"{path}\""),
-                        "its value is intentionally not transferred",
-                    ),
-                )
-            } else if self.direction == Direction::Reverse {
-                (
-                    Conversion::Drop,
-                    Self::auto("exists only in the newer version: dropped going back"),
-                )
-            } else {
-                (
-                    Conversion::Refused,
-                    Self::refused(format!(
-                        "its value would be lost (to drop it, add \"{path}\" to [drop] globals; \
-                         if it was renamed, add it to [rename] globals)"
-                    )),
-                )
-            };
+            let (conversion, decision) = self.removed(&target, &path, "globals");
             self.diff(path.clone(), "global removed", decision);
             out.push(GlobalMap {
                 path: path.clone(),
@@ -1025,28 +1032,7 @@ impl<'a> Builder<'a> {
                     });
                 }
                 None => {
-                    let (conversion, decision) = if self.rules.drops.contains(&target) {
-                        (
-                            Conversion::Drop,
-                            self.by_rule(
-                                format!("drop.fields \"{old_path}\""),
-                                "its value is intentionally not transferred",
-                            ),
-                        )
-                    } else if self.direction == Direction::Reverse {
-                        (
-                            Conversion::Drop,
-                            Self::auto("exists only in the newer version: dropped going back"),
-                        )
-                    } else {
-                        (
-                            Conversion::Refused,
-                            Self::refused(format!(
-                                "its value would be lost (to drop it, add \"{old_path}\" to [drop] \
-                                 fields; if it was renamed, add it to [rename] fields)"
-                            )),
-                        )
-                    };
+                    let (conversion, decision) = self.removed(&target, &old_path, "fields");
                     self.diff(old_path.clone(), "field removed", decision);
                     fields.push(FieldMap {
                         old_path: Some(old_path),
