@@ -249,7 +249,7 @@ impl<'a> Builder<'a> {
                 });
                 continue;
             }
-            let (conversion, decision) = self.removed(&target, &path, "globals");
+            let (conversion, decision) = self.removed(&target, path, "globals");
             self.diff(path.clone(), "global removed", decision);
             out.push(GlobalMap {
                 path: path.clone(),
