@@ -76,6 +76,7 @@ fn a_state_moves_into_a_fresh_instance_and_checks_out() {
             bias: to.bias,
             symbols: &symbols,
             graph: &to.graph,
+            rodata: &transplant::transfer::read_only_data(dst.pid()).unwrap(),
         },
     )
     .unwrap();
@@ -127,4 +128,153 @@ fn a_state_moves_into_a_fresh_instance_and_checks_out() {
 
     // The source was only read: the same answer, still serving.
     assert_eq!(src.ask("sum", "SUM"), src_sum);
+}
+
+/// A fixture spawned under trace with its stdin and stdout on pipes of ours, held at its
+/// first `read` of stdin (its quiescent point), with the lines it printed before.
+struct HeldFixture {
+    tracee: tracer::Tracee,
+    tid: tracer::Pid,
+    stdin: File,
+    out: LineReader<File>,
+}
+
+fn spawn_held(name: &str, args: &[&str]) -> HeldFixture {
+    let (in_r, in_w) = nix::unistd::pipe().unwrap();
+    let (out_r, out_w) = nix::unistd::pipe().unwrap();
+    let mut argv = vec![name.to_string()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let cfg = SpawnConfig::new(fixtures::path(name))
+        .argv(argv)
+        .fd(in_r.as_raw_fd(), 0)
+        .fd(out_w.as_raw_fd(), 1);
+    let mut tracee = spawn(&cfg).unwrap();
+    drop((in_r, out_w));
+    let mut at_stdin = |_: &tracer::ProcessMemory, e: &tracer::SyscallEntry| {
+        Ok(if e.nr == libc::SYS_read as u64 && e.args[0] == 0 {
+            SyscallAction::Hold
+        } else {
+            SyscallAction::Run
+        })
+    };
+    let held = tracee
+        .run(Duration::from_secs(20), None, Some(&mut at_stdin))
+        .unwrap();
+    let tid = held.tid();
+    HeldFixture {
+        tracee,
+        tid,
+        stdin: File::from(in_w),
+        out: LineReader::new(File::from(out_r)),
+    }
+}
+
+#[test]
+fn a_state_converts_into_a_changed_version() {
+    use transplant::mapping::rules::Rules;
+    use transplant::mapping::Mapping;
+    let (mut v1, _) = Fixture::start_ready("map_basic_v1", &[]);
+    let mut v2 = spawn_held("map_basic_v2", &[]);
+    assert!(v2
+        .out
+        .line(fixtures::LINE_TIMEOUT)
+        .unwrap()
+        .starts_with("READY"));
+
+    let from = capture_process(v1.pid()).unwrap();
+    let to = capture_stopped(&v2.tracee).unwrap();
+    let rules = Rules::parse(
+        r#"
+[rename]
+types = { "struct record" = "struct entry" }
+enumerators = { "enum mode.MODE_TURBO" = "MODE_FAST" }
+functions = { handler_legacy = "handler_a" }
+[drop]
+globals = ["g_removed"]
+fields = ["struct item.legacy"]
+[default]
+"struct item.priority" = 5
+"#,
+        "test.toml",
+    )
+    .unwrap();
+    let mapping = Mapping::new(&from.binary, &to.binary, &rules);
+    assert!(
+        mapping.is_complete(),
+        "{:?}",
+        mapping.refused().collect::<Vec<_>>()
+    );
+    let symbols = SymbolResolver::new(v2.tracee.pid()).unwrap();
+    let rodata = transplant::transfer::read_only_data(v2.tracee.pid()).unwrap();
+    let dst = Destination {
+        binary: &to.binary,
+        bias: to.bias,
+        symbols: &symbols,
+        graph: &to.graph,
+        rodata: &rodata,
+    };
+    let plan = transplant::transfer::plan_mapped(&from.graph, &from.binary, &dst, &mapping, &rules)
+        .unwrap();
+    // Without the rules, the same state is refused with its path.
+    let bare = Mapping::new(&from.binary, &to.binary, &Rules::default());
+    let e = transplant::transfer::plan_mapped(
+        &from.graph,
+        &from.binary,
+        &dst,
+        &bare,
+        &Rules::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().starts_with("cannot transfer `"), "{e}");
+
+    let malloc = symbols.lookup_in("libc.so", "malloc").unwrap();
+    let free = symbols.lookup_in("libc.so", "free").unwrap();
+    {
+        let mut s = RemoteSession::open(&mut v2.tracee, v2.tid).unwrap();
+        apply(&mut s, malloc, free, &plan).unwrap();
+        s.close().unwrap();
+    }
+    // The converted struct, as gdb would print it: fields reordered, count widened, the enum
+    // by name (GREEN is 1 in v1, 3 in v2), tags grown with v2's zeroes, priority by rule.
+    let after = capture_stopped(&v2.tracee).unwrap();
+    let live = tracer::ProcessMemory::new(v2.tracee.pid());
+    let mem = transplant::state::live::Layered {
+        snapshot: &after.memory,
+        live: &live,
+    };
+    let globals =
+        transplant::inspect::globals_from(v2.tracee.pid(), &after.binary, &mem, after.main_fs_base)
+            .unwrap();
+    let value = |n: &str| {
+        globals
+            .iter()
+            .find(|g| g.name == n)
+            .and_then(|g| g.value.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        value("g_item"),
+        r#"{name = "first\000\000\000\000\000\000\000\000\000\000", id = 1, color = GREEN, count = 2, tags = {1, 2, 3, 4, 0, 0, 0, 0}, priority = 5}"#
+    );
+    assert!(
+        value("g_greeting").ends_with(r#" "hello""#),
+        "{}",
+        value("g_greeting")
+    );
+    assert_eq!(value("g_mode"), "MODE_FAST");
+    assert_eq!(value("g_widened"), "40000");
+
+    v2.tracee
+        .resume_all(tracer::ptrace::Restart::Continue)
+        .unwrap();
+    v2.stdin.write_all(b"state\n").unwrap();
+    // count 2 widened; the record through the retyped pointer; handler_legacy replaced by
+    // handler_a (40000 + 1); the static carried over (3 + first bump); g_added keeps v2's 9;
+    // priority from the default rule.
+    assert_eq!(
+        v2.out.line(fixtures::LINE_TIMEOUT).unwrap(),
+        "STATE 2 10 40001 4 9 5"
+    );
+    // v1 was only read.
+    assert!(v1.ask("state", "STATE").starts_with("STATE 2 10 "));
 }

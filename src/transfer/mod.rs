@@ -22,6 +22,9 @@ use tracer::{MemoryMut, RemoteAddr};
 use crate::debuginfo::Binary;
 use crate::state::{ExternalKind, ObjectId, ObjectKind, StateGraph, Target};
 
+mod mapped;
+pub use mapped::plan_mapped;
+
 /// Where a planned object goes in the target.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Place {
@@ -120,10 +123,74 @@ pub struct Destination<'a> {
     pub symbols: &'a SymbolResolver,
     /// Its own state before the transfer (to find what the transfer displaces).
     pub graph: &'a StateGraph,
+    /// The read-only data of its executable ([`read_only_data`]): string literals are found
+    /// there by content.
+    pub rodata: &'a [(RemoteAddr, Vec<u8>)],
+}
+
+/// The read-only, non-executable mappings of the executable of process `pid`, copied: where
+/// the target's string literals are.
+pub fn read_only_data(pid: tracer::Pid) -> tracer::Result<Vec<(RemoteAddr, Vec<u8>)>> {
+    use tracer::Memory;
+    let exe = tracer::procfs::exe(pid)?;
+    let mem = tracer::ProcessMemory::new(pid);
+    let mut out = Vec::new();
+    for m in tracer::procfs::maps(pid)? {
+        if m.perms.read && !m.perms.write && !m.perms.exec && m.path() == Some(exe.as_path()) {
+            out.push((
+                m.range.start,
+                mem.read_vec(m.range.start, m.range.len() as usize)?,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Where external pointer `x` (from the source) must point in the target: functions and
+/// libraries' data by symbol (a removed function by its `renames` replacement), string
+/// literals by content. The error says why it cannot be named there.
+pub(crate) fn resolve_external(
+    x: &crate::state::External,
+    dst: &Destination<'_>,
+    renames: &std::collections::BTreeMap<String, String>,
+) -> Result<RemoteAddr, String> {
+    if matches!(x.kind, ExternalKind::Stack | ExternalKind::Anonymous) {
+        return Err(format!(
+            "points into {:?} memory, which is not transferred",
+            x.kind
+        ));
+    }
+    if let Some(symbol) = &x.symbol {
+        let name = renames.get(symbol).unwrap_or(symbol);
+        if let Ok(base) = dst.symbols.lookup(name) {
+            return Ok(RemoteAddr::new(base.get() + x.offset));
+        }
+        if x.string.is_none() {
+            return Err(format!("symbol `{name}` does not exist in the target"));
+        }
+    }
+    if let (ExternalKind::ReadOnlyData, Some(text)) = (x.kind, &x.string) {
+        let mut needle = text.as_bytes().to_vec();
+        needle.push(0);
+        for (start, bytes) in dst.rodata {
+            if let Some(at) = bytes
+                .windows(needle.len())
+                .position(|w| w == needle.as_slice())
+            {
+                return Ok(RemoteAddr::new(start.get() + at as u64));
+            }
+        }
+        return Err(format!("the string literal {text:?} is not in the target"));
+    }
+    Err(format!(
+        "points into {} ({:?}) where no symbol names the address",
+        x.object.as_deref().unwrap_or("anonymous memory"),
+        x.kind
+    ))
 }
 
 /// The name of object `id` of `graph` for messages.
-fn object_name(graph: &StateGraph, id: ObjectId) -> String {
+pub(crate) fn object_name(graph: &StateGraph, id: ObjectId) -> String {
     match &graph.object(id).kind {
         ObjectKind::Global { name, .. } => name.clone(),
         ObjectKind::Heap => format!("heap object at {}", graph.object(id).addr),
@@ -192,29 +259,10 @@ pub fn plan_same_layout(
                     why: format!("points to {why} ({})", e.value),
                 })
             }
-            Target::External(x) => {
-                let Some(symbol) = &x.symbol else {
-                    return Err(TransferError::Refused {
-                        path: path(),
-                        why: format!(
-                            "points into {} ({:?}) where no symbol names the address",
-                            x.object.as_deref().unwrap_or("anonymous memory"),
-                            x.kind
-                        ),
-                    });
-                };
-                let base = match x.kind {
-                    ExternalKind::Stack | ExternalKind::Anonymous => None,
-                    _ => dst.symbols.lookup(symbol).ok(),
-                };
-                let Some(base) = base else {
-                    return Err(TransferError::Refused {
-                        path: path(),
-                        why: format!("symbol `{symbol}` does not exist in the target"),
-                    });
-                };
-                Value::Address(RemoteAddr::new(base.get() + x.offset))
-            }
+            Target::External(x) => match resolve_external(x, dst, &Default::default()) {
+                Ok(a) => Value::Address(a),
+                Err(why) => return Err(TransferError::Refused { path: path(), why }),
+            },
         };
         plan.objects[index[&e.from]]
             .pointers
@@ -225,7 +273,7 @@ pub fn plan_same_layout(
 }
 
 /// The target's heap objects reachable only from globals the transfer overwrites.
-fn displaced(graph: &StateGraph, overwritten: &HashSet<RemoteAddr>) -> Vec<RemoteAddr> {
+pub(crate) fn displaced(graph: &StateGraph, overwritten: &HashSet<RemoteAddr>) -> Vec<RemoteAddr> {
     let mut kept: HashSet<ObjectId> = HashSet::new();
     let mut queue: VecDeque<ObjectId> = graph
         .objects

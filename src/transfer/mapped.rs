@@ -1,0 +1,471 @@
+//! Planning a transfer between versions whose types changed, driven by a [`Mapping`].
+//!
+//! Each object's bytes are rebuilt in the new layout: globals start from the target's own
+//! initial value (so what only the new version has keeps its initial value) and heap objects
+//! from zeroes; then every mapped field is converted into place (copied, integers resized with
+//! a check that the value fits, floats resized, enums by enumerator name, arrays element by
+//! element, structs field by field). Pointer words move with their fields: every copied range
+//! is recorded, and each edge's offset is translated through those ranges; a pointer whose
+//! field was dropped goes with it.
+
+use std::collections::{HashMap, HashSet};
+
+use tracer::RemoteAddr;
+
+use super::{
+    displaced, object_name, resolve_external, Destination, Place, Plan, PlannedObject,
+    TransferError, Value,
+};
+use crate::debuginfo::{Binary, Type};
+use crate::mapping::rules::Rules;
+use crate::mapping::{Conversion, Mapping};
+use crate::state::{ObjectId, ObjectKind, StateGraph, Target};
+
+/// A range of an old object that was copied into the new one: (old start, length, new start).
+type Move = (u64, u64, u64);
+
+/// Plans the transfer of `src` (captured from `src_bin`) into `dst` under `mapping` (built
+/// from `src_bin` to `dst.binary`). Fails closed with the path of the first value that
+/// cannot be converted: a refused difference, a value that does not fit its narrowed type, an
+/// enumerator that no longer exists, a pointer that cannot be named in the target.
+pub fn plan_mapped(
+    src: &StateGraph,
+    src_bin: &Binary,
+    dst: &Destination<'_>,
+    mapping: &Mapping,
+    rules: &Rules,
+) -> Result<Plan, TransferError> {
+    let cx = Cx {
+        m: mapping,
+        new_bin: dst.binary,
+    };
+    let by_old_addr: HashMap<u64, &crate::mapping::GlobalMap> = mapping
+        .globals
+        .iter()
+        .filter_map(|g| g.old.as_ref().map(|o| (o.address, g)))
+        .collect();
+    let dst_globals: HashMap<RemoteAddr, &[u8]> = dst
+        .graph
+        .objects
+        .iter()
+        .filter(|o| matches!(o.kind, ObjectKind::Global { .. }))
+        .map(|o| (o.addr, o.bytes.as_slice()))
+        .collect();
+    let mut plan = Plan::default();
+    let mut index: HashMap<ObjectId, usize> = HashMap::new();
+    let mut moves: HashMap<ObjectId, Vec<Move>> = HashMap::new();
+    let mut overwritten: HashSet<RemoteAddr> = HashSet::new();
+    for o in &src.objects {
+        let name = object_name(src, o.id);
+        let mut mv = Vec::new();
+        let (place, bytes) = match &o.kind {
+            ObjectKind::Global { var, .. } => {
+                let v = &src_bin.variables()[*var];
+                let Some(g) = by_old_addr.get(&v.address) else {
+                    return Err(refused(&name, "the mapping has no entry for this global"));
+                };
+                let Some(new) = &g.new else {
+                    match g.conversion {
+                        Conversion::Drop => continue,
+                        _ => {
+                            return Err(refused(
+                                &name,
+                                "removed in the target, and no rule drops it",
+                            ))
+                        }
+                    }
+                };
+                let addr = RemoteAddr::new(new.address.wrapping_add(dst.bias));
+                let Some(initial) = dst_globals.get(&addr) else {
+                    return Err(refused(&name, "its target variable was not captured"));
+                };
+                let mut bytes = initial.to_vec();
+                cx.convert(&g.conversion, &o.bytes, 0, &mut bytes, 0, &mut mv, &name)?;
+                overwritten.insert(addr);
+                (Place::Global(addr), bytes)
+            }
+            ObjectKind::Heap => {
+                let (size, bytes) = heap_object(src_bin, &cx, o, &mut mv, &name)?;
+                (Place::Heap(size), bytes)
+            }
+        };
+        index.insert(o.id, plan.objects.len());
+        moves.insert(o.id, mv);
+        plan.objects.push(PlannedObject {
+            source: o.id,
+            place,
+            bytes,
+            pointers: Vec::new(),
+        });
+    }
+    for e in &src.edges {
+        // Edges from dropped objects go with them; so do pointers in dropped fields.
+        let Some(&from) = index.get(&e.from) else {
+            continue;
+        };
+        let Some(new_offset) = translate(&moves[&e.from], e.offset) else {
+            continue;
+        };
+        let path = || format!("{}{}", object_name(src, e.from), e.path);
+        let value = match &e.target {
+            Target::Object { id, offset } => match index.get(id) {
+                Some(&i) => {
+                    // An interior pointer moves with the field it points into.
+                    let off = translate(&moves[id], *offset).unwrap_or(*offset);
+                    Value::Object {
+                        index: i,
+                        offset: off,
+                    }
+                }
+                None => {
+                    return Err(TransferError::Refused {
+                        path: path(),
+                        why: format!("points into {}, which is dropped", object_name(src, *id)),
+                    })
+                }
+            },
+            Target::Dangling { why } => {
+                return Err(TransferError::Refused {
+                    path: path(),
+                    why: format!("points to {why} ({})", e.value),
+                })
+            }
+            Target::External(x) => match resolve_external(x, dst, &rules.function_renames) {
+                Ok(a) => Value::Address(a),
+                Err(why) => return Err(TransferError::Refused { path: path(), why }),
+            },
+        };
+        plan.objects[from].pointers.push((new_offset, value));
+    }
+    plan.displaced = displaced(dst.graph, &overwritten);
+    Ok(plan)
+}
+
+fn refused(path: &str, why: &str) -> TransferError {
+    TransferError::Refused {
+        path: path.to_owned(),
+        why: why.to_owned(),
+    }
+}
+
+/// The new size and bytes of a heap object: struct elements converted by their type map,
+/// anything else (scalars, pointers, untyped bytes) copied as it is.
+fn heap_object(
+    src_bin: &Binary,
+    cx: &Cx<'_>,
+    o: &crate::state::Object,
+    mv: &mut Vec<Move>,
+    name: &str,
+) -> Result<(u64, Vec<u8>), TransferError> {
+    let Some(ty) = o.ty else {
+        mv.push((0, o.size, 0));
+        return Ok((o.size, o.bytes.clone()));
+    };
+    let stripped = src_bin
+        .types()
+        .definition_of(src_bin.types().strip_typedefs_cv(ty));
+    let is_composite = matches!(src_bin.ty(stripped), Type::Struct(_) | Type::Union(_));
+    let mapping = cx.m;
+    let Some(tm_index) = mapping.types.iter().position(|t| t.old == stripped) else {
+        if is_composite {
+            return Err(refused(
+                name,
+                &format!(
+                    "type `{}` is not mapped to the target",
+                    src_bin.type_name(ty)
+                ),
+            ));
+        }
+        mv.push((0, o.size, 0));
+        return Ok((o.size, o.bytes.clone()));
+    };
+    let tm = &mapping.types[tm_index];
+    let (Some(old_size), Some(new_size)) = (tm.old_size, tm.new_size) else {
+        return Err(refused(name, "a type of unknown size"));
+    };
+    let mut bytes = vec![0u8; (new_size * o.count).max(1) as usize];
+    for i in 0..o.count {
+        let path = format!("{name}[{i}]");
+        let conv = Conversion::Struct { type_map: tm_index };
+        cx.convert(
+            &conv,
+            &o.bytes,
+            i * old_size,
+            &mut bytes,
+            i * new_size,
+            mv,
+            &path,
+        )?;
+    }
+    Ok((bytes.len() as u64, bytes))
+}
+
+/// Where old offset `off` of an object lands in its new layout.
+fn translate(moves: &[Move], off: u64) -> Option<u64> {
+    moves
+        .iter()
+        .find(|&&(o, len, _)| off >= o && off < o + len)
+        .map(|&(o, _, n)| n + (off - o))
+}
+
+fn read_uint(b: &[u8], off: u64, size: u64) -> Option<u64> {
+    let s = b.get(off as usize..(off + size) as usize)?;
+    let mut le = [0u8; 8];
+    le[..size as usize].copy_from_slice(s);
+    Some(u64::from_le_bytes(le))
+}
+
+fn sign_extend(v: u64, bits: u64) -> i64 {
+    if bits >= 64 {
+        return v as i64;
+    }
+    let shift = 64 - bits;
+    ((v << shift) as i64) >> shift
+}
+
+fn write_uint(b: &mut [u8], off: u64, size: u64, v: u64) -> Option<()> {
+    let d = b.get_mut(off as usize..(off + size) as usize)?;
+    d.copy_from_slice(&v.to_le_bytes()[..size as usize]);
+    Some(())
+}
+
+/// What conversions need besides the bytes.
+struct Cx<'a> {
+    m: &'a Mapping,
+    new_bin: &'a Binary,
+}
+
+impl Cx<'_> {
+    /// Converts the old value at `ooff` of `old` into `new` at `noff`, recording copied ranges.
+    #[allow(clippy::too_many_arguments)]
+    fn convert(
+        &self,
+        c: &Conversion,
+        old: &[u8],
+        ooff: u64,
+        new: &mut [u8],
+        noff: u64,
+        mv: &mut Vec<Move>,
+        path: &str,
+    ) -> Result<(), TransferError> {
+        let short = || refused(path, "the value lies outside the object");
+        match c {
+            Conversion::Copy { size } => {
+                let src = old
+                    .get(ooff as usize..(ooff + size) as usize)
+                    .ok_or_else(short)?;
+                new.get_mut(noff as usize..(noff + size) as usize)
+                    .ok_or_else(short)?
+                    .copy_from_slice(src);
+                mv.push((ooff, *size, noff));
+            }
+            Conversion::Pointer { .. } => {
+                let src = old
+                    .get(ooff as usize..ooff as usize + 8)
+                    .ok_or_else(short)?;
+                new.get_mut(noff as usize..noff as usize + 8)
+                    .ok_or_else(short)?
+                    .copy_from_slice(src);
+                mv.push((ooff, 8, noff));
+            }
+            Conversion::Integer {
+                old_bits,
+                old_signed,
+                new_bits,
+                new_signed,
+                ..
+            } => {
+                if old_bits % 8 != 0 || new_bits % 8 != 0 {
+                    return Err(refused(path, "bit-field conversions are not supported yet"));
+                }
+                let raw = read_uint(old, ooff, old_bits / 8).ok_or_else(short)?;
+                let value: i128 = if *old_signed {
+                    sign_extend(raw, *old_bits) as i128
+                } else {
+                    raw as i128
+                };
+                let (lo, hi): (i128, i128) = if *new_signed {
+                    (-(1i128 << (new_bits - 1)), (1i128 << (new_bits - 1)) - 1)
+                } else {
+                    (0, (1i128 << new_bits) - 1)
+                };
+                if value < lo || value > hi {
+                    return Err(refused(
+                        path,
+                        &format!("the value {value} does not fit its new {new_bits}-bit type"),
+                    ));
+                }
+                write_uint(new, noff, new_bits / 8, value as u64).ok_or_else(short)?;
+            }
+            Conversion::Float {
+                old_size, new_size, ..
+            } => {
+                let raw = read_uint(old, ooff, *old_size).ok_or_else(short)?;
+                let v = match old_size {
+                    4 => f32::from_bits(raw as u32) as f64,
+                    8 => f64::from_bits(raw),
+                    _ => return Err(refused(path, "only float and double convert")),
+                };
+                let bits = match new_size {
+                    4 => {
+                        let f = v as f32;
+                        if f as f64 != v && !v.is_nan() {
+                            return Err(refused(
+                                path,
+                                &format!("{v} does not fit a float exactly"),
+                            ));
+                        }
+                        f.to_bits() as u64
+                    }
+                    8 => v.to_bits(),
+                    _ => return Err(refused(path, "only float and double convert")),
+                };
+                write_uint(new, noff, *new_size, bits).ok_or_else(short)?;
+            }
+            Conversion::Enum {
+                old_size,
+                new_size,
+                values,
+            } => {
+                let raw = read_uint(old, ooff, *old_size).ok_or_else(short)?;
+                let v = sign_extend(raw, old_size * 8);
+                let Some((_, to)) = values.iter().find(|(o, _)| *o == v) else {
+                    return Err(refused(
+                        path,
+                        &format!("{v} is not an enumerator of its type"),
+                    ));
+                };
+                let Some(to) = to else {
+                    return Err(refused(
+                        path,
+                        &format!("its value {v} names an enumerator the target does not have"),
+                    ));
+                };
+                write_uint(new, noff, *new_size, *to as u64).ok_or_else(short)?;
+            }
+            Conversion::Array {
+                old_len,
+                new_len,
+                old_stride,
+                new_stride,
+                element,
+            } => {
+                for i in 0..(*old_len).min(*new_len) {
+                    self.convert(
+                        element,
+                        old,
+                        ooff + i * old_stride,
+                        new,
+                        noff + i * new_stride,
+                        mv,
+                        &format!("{path}[{i}]"),
+                    )?;
+                }
+            }
+            Conversion::Struct { type_map } => {
+                let tm = &self.m.types[*type_map];
+                for f in &tm.fields {
+                    let fpath = format!(
+                        "{path}.{}",
+                        f.old_path
+                            .as_deref()
+                            .or(f.new_path.as_deref())
+                            .and_then(|p| p.rsplit('.').next())
+                            .unwrap_or("?")
+                    );
+                    match (f.old_offset, f.new_offset, &f.conversion) {
+                        (_, _, Conversion::Drop | Conversion::KeepInitial) => {}
+                        (_, _, Conversion::Refused) => {
+                            return Err(refused(&fpath, "the mapping refuses this field"))
+                        }
+                        (_, Some(n), Conversion::Default { value }) => {
+                            self.default(tm.new, n, new, noff + n, value, &fpath)?;
+                        }
+                        (Some(o), Some(n), conv) => {
+                            self.convert(conv, old, ooff + o, new, noff + n, mv, &fpath)?
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Conversion::Value(vc) => {
+                let _ = vc;
+                return Err(refused(
+                    path,
+                    "rule value conversions are not applied by the transfer yet",
+                ));
+            }
+            Conversion::Default { .. } => {
+                return Err(refused(
+                    path,
+                    "a default for a whole global is not applied yet",
+                ))
+            }
+            Conversion::KeepInitial | Conversion::Drop => {}
+            Conversion::Refused => return Err(refused(path, "the mapping refuses this value")),
+        }
+        Ok(())
+    }
+
+    /// Writes a `[default]` rule's value into the field at offset `field_off` of new struct type
+    /// `ty`, at `at` in `new`: integers, bools and enumerator names by the field's size, floats
+    /// as float or double.
+    fn default(
+        &self,
+        ty: crate::debuginfo::TypeId,
+        field_off: u64,
+        new: &mut [u8],
+        at: u64,
+        value: &crate::mapping::rules::Value,
+        path: &str,
+    ) -> Result<(), TransferError> {
+        use crate::mapping::rules::Value as V;
+        let types = self.new_bin.types();
+        let Type::Struct(c) = self
+            .new_bin
+            .ty(types.definition_of(types.strip_typedefs_cv(ty)))
+        else {
+            return Err(refused(
+                path,
+                "a default outside a struct is not applied yet",
+            ));
+        };
+        let Some(member) = c
+            .members
+            .iter()
+            .find(|m| m.offset == field_off && m.bit_field.is_none())
+        else {
+            return Err(refused(
+                path,
+                "no such field in the target (or a bit-field)",
+            ));
+        };
+        let size = self.new_bin.byte_size(member.ty).unwrap_or(0);
+        let short = || refused(path, "the field lies outside the object");
+        let bits = match value {
+            V::Int(i) => *i as u64,
+            V::Bool(b) => *b as u64,
+            V::Float(f) if size == 4 => (*f as f32).to_bits() as u64,
+            V::Float(f) => f.to_bits(),
+            V::Name(name) => {
+                let Type::Enum(e) = self.new_bin.ty(types.strip_typedefs_cv(member.ty)) else {
+                    return Err(refused(
+                        path,
+                        "an enumerator name for a field that is not an enum",
+                    ));
+                };
+                let Some((_, v)) = e.enumerators.iter().find(|(n, _)| n == name) else {
+                    return Err(refused(path, &format!("no enumerator {name}")));
+                };
+                *v as u64
+            }
+        };
+        if !(1..=8).contains(&size) {
+            return Err(refused(
+                path,
+                "a default for a field of this size is not applied yet",
+            ));
+        }
+        write_uint(new, at, size, bits).ok_or_else(short)
+    }
+}
