@@ -10,65 +10,10 @@
 //!
 //! No transfer happens here: these are the baselines the transfer tests compare against.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
-use std::time::Duration;
-
 use fixtures::Fixture;
 
 /// A persistent client connection to a fixture server.
-struct Client {
-    w: TcpStream,
-    r: BufReader<TcpStream>,
-}
-
-impl Client {
-    fn connect(port: u16) -> Self {
-        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        s.set_read_timeout(Some(fixtures::LINE_TIMEOUT)).unwrap();
-        s.set_nodelay(true).unwrap();
-        s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
-        Client {
-            r: BufReader::new(s.try_clone().unwrap()),
-            w: s,
-        }
-    }
-
-    fn line(&mut self) -> String {
-        let mut l = String::new();
-        let n = self.r.read_line(&mut l).expect("read reply");
-        assert!(n > 0, "server closed the connection");
-        assert!(l.ends_with('\n'), "partial line {l:?}");
-        l.pop();
-        l
-    }
-
-    fn send(&mut self, cmd: &str) {
-        // One write per request, so Nagle never holds half a line back.
-        self.w
-            .write_all(format!("{cmd}\n").as_bytes())
-            .expect("send");
-    }
-
-    /// One request, one reply line.
-    fn ask(&mut self, cmd: &str) -> String {
-        self.send(cmd);
-        self.line()
-    }
-
-    /// `DUMP`: the lines before `END`.
-    fn dump(&mut self) -> Vec<String> {
-        self.send("DUMP");
-        let mut out = Vec::new();
-        loop {
-            let l = self.line();
-            if l == "END" {
-                return out;
-            }
-            out.push(l);
-        }
-    }
-}
+use fixtures::LineClient as Client;
 
 /// A started fixture server and a connection to it.
 struct Server {

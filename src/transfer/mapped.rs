@@ -55,6 +55,8 @@ pub fn plan_mapped(
     let mut index: HashMap<ObjectId, usize> = HashMap::new();
     let mut moves: HashMap<ObjectId, Vec<Move>> = HashMap::new();
     let mut overwritten: HashSet<RemoteAddr> = HashSet::new();
+    // Old and new element size of heap arrays of converted structs.
+    let mut strides: HashMap<ObjectId, (u64, u64)> = HashMap::new();
     for o in &src.objects {
         let name = object_name(src, o.id);
         let mut mv = Vec::new();
@@ -85,7 +87,10 @@ pub fn plan_mapped(
                 (Place::Global(addr), bytes)
             }
             ObjectKind::Heap => {
-                let (size, bytes) = heap_object(src_bin, &cx, o, &mut mv, &name)?;
+                let (size, bytes, stride) = heap_object(src_bin, &cx, o, &mut mv, &name)?;
+                if let Some(st) = stride {
+                    strides.insert(o.id, st);
+                }
                 (Place::Heap(size), bytes)
             }
         };
@@ -110,8 +115,14 @@ pub fn plan_mapped(
         let value = match &e.target {
             Target::Object { id, offset } => match index.get(id) {
                 Some(&i) => {
-                    // An interior pointer moves with the field it points into.
-                    let off = translate(&moves[id], *offset).unwrap_or(*offset);
+                    // A pointer to an object (or to an element of an array of structs) points
+                    // at its start in the new layout too; an interior pointer moves with the
+                    // field it points into.
+                    let off = match strides.get(id) {
+                        Some(&(old, new)) if offset % old == 0 => offset / old * new,
+                        _ if *offset == 0 => 0,
+                        _ => translate(&moves[id], *offset).unwrap_or(*offset),
+                    };
                     Value::Object {
                         index: i,
                         offset: off,
@@ -156,10 +167,10 @@ fn heap_object(
     o: &crate::state::Object,
     mv: &mut Vec<Move>,
     name: &str,
-) -> Result<(u64, Vec<u8>), TransferError> {
+) -> Result<(u64, Vec<u8>, Option<(u64, u64)>), TransferError> {
     let Some(ty) = o.ty else {
         mv.push((0, o.size, 0));
-        return Ok((o.size, o.bytes.clone()));
+        return Ok((o.size, o.bytes.clone(), None));
     };
     let stripped = src_bin
         .types()
@@ -177,7 +188,7 @@ fn heap_object(
             ));
         }
         mv.push((0, o.size, 0));
-        return Ok((o.size, o.bytes.clone()));
+        return Ok((o.size, o.bytes.clone(), None));
     };
     let tm = &mapping.types[tm_index];
     let (Some(old_size), Some(new_size)) = (tm.old_size, tm.new_size) else {
@@ -197,7 +208,7 @@ fn heap_object(
             &path,
         )?;
     }
-    Ok((bytes.len() as u64, bytes))
+    Ok((bytes.len() as u64, bytes, Some((old_size, new_size))))
 }
 
 /// Where old offset `off` of an object lands in its new layout.
