@@ -37,6 +37,7 @@ pub fn plan_mapped(
 ) -> Result<Plan, TransferError> {
     let cx = Cx {
         m: mapping,
+        old_bin: src_bin,
         new_bin: dst.binary,
     };
     let by_old_addr: HashMap<u64, &crate::mapping::GlobalMap> = mapping
@@ -82,23 +83,50 @@ pub fn plan_mapped(
                     return Err(refused(&name, "its target variable was not captured"));
                 };
                 let mut bytes = initial.to_vec();
-                cx.convert(&g.conversion, &o.bytes, 0, &mut bytes, 0, &mut mv, &name)?;
+                if let Conversion::Value(vc) = &g.conversion {
+                    let from = int_info(src_bin, v.ty);
+                    let to = int_info(dst.binary, new.ty);
+                    value_convert(vc, from, to, &o.bytes, 0, &mut bytes, 0, &name)?;
+                } else {
+                    cx.convert(&g.conversion, &o.bytes, 0, &mut bytes, 0, &mut mv, &name)?;
+                }
                 overwritten.insert(addr);
                 (Place::Global(addr), bytes)
             }
             ObjectKind::Heap => {
-                let (size, bytes, stride) = heap_object(src_bin, &cx, o, &mut mv, &name)?;
-                if let Some(st) = stride {
+                let image = heap_object(src_bin, &cx, o, &mut mv, &name)?;
+                if let Some(st) = image.stride {
                     strides.insert(o.id, st);
                 }
-                (Place::Heap(size), bytes)
+                (Place::Heap(image.size), image.bytes)
             }
         };
         index.insert(o.id, plan.objects.len());
         moves.insert(o.id, mv);
         plan.objects.push(PlannedObject {
-            source: o.id,
+            source: Some(o.id),
             place,
+            bytes,
+            pointers: Vec::new(),
+        });
+    }
+    // Globals only the new version has keep their initial value, unless a rule gives one.
+    for g in mapping.globals.iter().filter(|g| g.old.is_none()) {
+        let (Some(new), Conversion::Default { value }) = (&g.new, &g.conversion) else {
+            continue;
+        };
+        let addr = RemoteAddr::new(new.address.wrapping_add(dst.bias));
+        let Some(initial) = dst_globals.get(&addr) else {
+            return Err(refused(
+                &g.path,
+                "its variable was not captured in the target",
+            ));
+        };
+        let mut bytes = initial.to_vec();
+        cx.write_value(new.ty, &mut bytes, 0, value, &g.path)?;
+        plan.objects.push(PlannedObject {
+            source: None,
+            place: Place::Global(addr),
             bytes,
             pointers: Vec::new(),
         });
@@ -167,10 +195,14 @@ fn heap_object(
     o: &crate::state::Object,
     mv: &mut Vec<Move>,
     name: &str,
-) -> Result<(u64, Vec<u8>, Option<(u64, u64)>), TransferError> {
+) -> Result<HeapImage, TransferError> {
     let Some(ty) = o.ty else {
         mv.push((0, o.size, 0));
-        return Ok((o.size, o.bytes.clone(), None));
+        return Ok(HeapImage {
+            size: o.size,
+            bytes: o.bytes.clone(),
+            stride: None,
+        });
     };
     let stripped = src_bin
         .types()
@@ -188,7 +220,11 @@ fn heap_object(
             ));
         }
         mv.push((0, o.size, 0));
-        return Ok((o.size, o.bytes.clone(), None));
+        return Ok(HeapImage {
+            size: o.size,
+            bytes: o.bytes.clone(),
+            stride: None,
+        });
     };
     let tm = &mapping.types[tm_index];
     let (Some(old_size), Some(new_size)) = (tm.old_size, tm.new_size) else {
@@ -208,7 +244,21 @@ fn heap_object(
             &path,
         )?;
     }
-    Ok((bytes.len() as u64, bytes, Some((old_size, new_size))))
+    Ok(HeapImage {
+        size: bytes.len() as u64,
+        bytes,
+        stride: Some((old_size, new_size)),
+    })
+}
+
+/// A heap object rebuilt in the new layout.
+struct HeapImage {
+    /// Bytes to allocate.
+    size: u64,
+    /// Its contents.
+    bytes: Vec<u8>,
+    /// For converted structs, the old and new element size.
+    stride: Option<(u64, u64)>,
 }
 
 /// Where old offset `off` of an object lands in its new layout.
@@ -243,6 +293,7 @@ fn write_uint(b: &mut [u8], off: u64, size: u64, v: u64) -> Option<()> {
 /// What conversions need besides the bytes.
 struct Cx<'a> {
     m: &'a Mapping,
+    old_bin: &'a Binary,
     new_bin: &'a Binary,
 }
 
@@ -392,6 +443,11 @@ impl Cx<'_> {
                         (_, Some(n), Conversion::Default { value }) => {
                             self.default(tm.new, n, new, noff + n, value, &fpath)?;
                         }
+                        (Some(o), Some(n), Conversion::Value(vc)) => {
+                            let from = member_int(self.old_bin, tm.old, o);
+                            let to = member_int(self.new_bin, tm.new, n);
+                            value_convert(vc, from, to, old, ooff + o, new, noff + n, &fpath)?
+                        }
                         (Some(o), Some(n), conv) => {
                             self.convert(conv, old, ooff + o, new, noff + n, mv, &fpath)?
                         }
@@ -399,12 +455,11 @@ impl Cx<'_> {
                     }
                 }
             }
-            Conversion::Value(vc) => {
-                let _ = vc;
+            Conversion::Value(_) => {
                 return Err(refused(
                     path,
-                    "rule value conversions are not applied by the transfer yet",
-                ));
+                    "a value conversion here (inside an array) is not applied yet",
+                ))
             }
             Conversion::Default { .. } => {
                 return Err(refused(
@@ -430,7 +485,6 @@ impl Cx<'_> {
         value: &crate::mapping::rules::Value,
         path: &str,
     ) -> Result<(), TransferError> {
-        use crate::mapping::rules::Value as V;
         let types = self.new_bin.types();
         let Type::Struct(c) = self
             .new_bin
@@ -451,15 +505,29 @@ impl Cx<'_> {
                 "no such field in the target (or a bit-field)",
             ));
         };
-        let size = self.new_bin.byte_size(member.ty).unwrap_or(0);
-        let short = || refused(path, "the field lies outside the object");
+        self.write_value(member.ty, new, at, value, path)
+    }
+
+    /// Writes a rule's value as a value of new type `ty` at `at` in `new`.
+    fn write_value(
+        &self,
+        ty: crate::debuginfo::TypeId,
+        new: &mut [u8],
+        at: u64,
+        value: &crate::mapping::rules::Value,
+        path: &str,
+    ) -> Result<(), TransferError> {
+        use crate::mapping::rules::Value as V;
+        let types = self.new_bin.types();
+        let size = self.new_bin.byte_size(ty).unwrap_or(0);
+        let short = || refused(path, "the value lies outside the object");
         let bits = match value {
             V::Int(i) => *i as u64,
             V::Bool(b) => *b as u64,
             V::Float(f) if size == 4 => (*f as f32).to_bits() as u64,
             V::Float(f) => f.to_bits(),
             V::Name(name) => {
-                let Type::Enum(e) = self.new_bin.ty(types.strip_typedefs_cv(member.ty)) else {
+                let Type::Enum(e) = self.new_bin.ty(types.strip_typedefs_cv(ty)) else {
                     return Err(refused(
                         path,
                         "an enumerator name for a field that is not an enum",
@@ -479,4 +547,71 @@ impl Cx<'_> {
         }
         write_uint(new, at, size, bits).ok_or_else(short)
     }
+}
+
+/// Size and signedness of an integer (or enum) type.
+fn int_info(bin: &Binary, ty: crate::debuginfo::TypeId) -> Option<(u64, bool)> {
+    let t = bin.types().strip_typedefs_cv(ty);
+    match bin.ty(t) {
+        Type::Base { encoding, size, .. } if *size <= 8 => Some((*size, encoding.is_signed())),
+        Type::Enum(e) => Some((e.size?, e.signed)),
+        _ => None,
+    }
+}
+
+/// [`int_info`] of the field at `offset` of struct `ty`.
+fn member_int(bin: &Binary, ty: crate::debuginfo::TypeId, offset: u64) -> Option<(u64, bool)> {
+    let t = bin.types().definition_of(bin.types().strip_typedefs_cv(ty));
+    let Type::Struct(c) = bin.ty(t) else {
+        return None;
+    };
+    let m = c
+        .members
+        .iter()
+        .find(|m| m.offset == offset && m.bit_field.is_none())?;
+    int_info(bin, m.ty)
+}
+
+/// Applies a rule's value conversion to an integer field: reads it as `from`, converts, checks
+/// that the result fits `to`, writes it.
+#[allow(clippy::too_many_arguments)]
+fn value_convert(
+    vc: &crate::mapping::rules::ValueConversion,
+    from: Option<(u64, bool)>,
+    to: Option<(u64, bool)>,
+    old: &[u8],
+    ooff: u64,
+    new: &mut [u8],
+    noff: u64,
+    path: &str,
+) -> Result<(), TransferError> {
+    let (Some((osize, osigned)), Some((nsize, nsigned))) = (from, to) else {
+        return Err(refused(path, "a value conversion applies to integers only"));
+    };
+    let short = || refused(path, "the value lies outside the object");
+    let raw = read_uint(old, ooff, osize).ok_or_else(short)?;
+    let v = if osigned {
+        sign_extend(raw, osize * 8)
+    } else {
+        raw as i64
+    };
+    let Some(converted) = vc.apply(v) else {
+        return Err(refused(
+            path,
+            &format!("the value {v} is not in the conversion table"),
+        ));
+    };
+    let bits = nsize * 8;
+    let (lo, hi): (i128, i128) = if nsigned {
+        (-(1i128 << (bits - 1)), (1i128 << (bits - 1)) - 1)
+    } else {
+        (0, (1i128 << bits) - 1)
+    };
+    if (converted as i128) < lo || (converted as i128) > hi {
+        return Err(refused(
+            path,
+            &format!("{v} converts to {converted}, which does not fit its new {bits}-bit type"),
+        ));
+    }
+    write_uint(new, noff, nsize, converted as u64).ok_or_else(short)
 }

@@ -51,8 +51,9 @@ pub enum Value {
 /// One object of the transferred state.
 #[derive(Clone, Debug)]
 pub struct PlannedObject {
-    /// The source object it comes from.
-    pub source: ObjectId,
+    /// The source object it comes from; `None` for a value a rule gives (a default for a
+    /// global only the target has).
+    pub source: Option<ObjectId>,
     /// Where it goes.
     pub place: Place,
     /// Its bytes in the target's layout (pointer words are overwritten by `pointers`).
@@ -240,7 +241,7 @@ pub fn plan_same_layout(
         };
         index.insert(o.id, plan.objects.len());
         plan.objects.push(PlannedObject {
-            source: o.id,
+            source: Some(o.id),
             place,
             bytes: o.bytes.clone(),
             pointers: Vec::new(),
