@@ -212,3 +212,87 @@ fn untyped_objects_are_scanned_and_the_guess_recorded() {
         ObjectKind::Global { .. }
     ));
 }
+
+/// Planning is pure: the byte-buffer state above, planned into "another instance" (the same
+/// binary, bias 0x1000, an empty state of its own), without any process.
+#[test]
+fn planning_a_transfer_needs_no_process() {
+    use transplant::mapping::rules::Rules;
+    use transplant::mapping::Mapping;
+    use transplant::transfer::{plan_mapped, plan_same_layout, Destination, Place, Value};
+    let mut w = world();
+    // No external pointer (those are named through a live process's symbols): no callback.
+    let mut entry = words(&[0x20300, 1, 0, 0]);
+    entry.resize(40, 0);
+    w.snap.insert(RemoteAddr::new(0x20200), entry);
+    // tree_root pointed at a freed chunk: that is refused, by path.
+    let g = capture(&w.bin, 0, &w.snap, &w.space);
+    let symbols = tracer::symbols::SymbolResolver::new(nix::unistd::getpid()).unwrap();
+    // The target: the same program loaded 0x1000 higher, its globals zero, no heap yet.
+    let mut target_mem = Snapshot::new();
+    for v in w.bin.variables() {
+        target_mem.insert(
+            RemoteAddr::new(v.address + 0x1000),
+            vec![0; v.size.unwrap() as usize],
+        );
+    }
+    let no_heap = TestSpace {
+        chunks: BTreeMap::new(),
+        code: (0, 0, "none"),
+    };
+    let target = capture(&w.bin, 0x1000, &target_mem, &no_heap);
+    let dst = Destination {
+        binary: &w.bin,
+        bias: 0x1000,
+        symbols: &symbols,
+        graph: &target,
+        rodata: &[],
+    };
+    let e = plan_same_layout(&g, &w.bin, &dst).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "cannot transfer `tree_root`: points to freed heap chunk at 0x40000 (0x40000)"
+    );
+    let tree_root = w.bin.variable("tree_root").unwrap().address;
+    w.snap.insert(RemoteAddr::new(tree_root), words(&[0]));
+    let g = capture(&w.bin, 0, &w.snap, &w.space);
+
+    for plan in [
+        plan_same_layout(&g, &w.bin, &dst).unwrap(),
+        plan_mapped(
+            &g,
+            &w.bin,
+            &dst,
+            &Mapping::new(&w.bin, &w.bin, &Rules::default()),
+            &Rules::default(),
+        )
+        .unwrap(),
+    ] {
+        assert_eq!(
+            plan.heap_objects(),
+            7,
+            "both nodes, table, buckets, entry, key, points"
+        );
+        // Globals go to the target's addresses.
+        let list_head = w.bin.variable("list_head").unwrap().address;
+        let head = plan
+            .objects
+            .iter()
+            .find(|o| o.place == Place::Global(RemoteAddr::new(list_head + 0x1000)))
+            .expect("list_head planned");
+        // list_head -> the first node, at its start.
+        let (off, Value::Object { index, offset }) = head.pointers[0].clone() else {
+            panic!("{:?}", head.pointers)
+        };
+        assert_eq!((off, offset), (0, 0));
+        // At least sizeof(struct node): the mapped planner asks for exactly that, the
+        // same-layout one for the source chunk's usable size.
+        assert!(matches!(plan.objects[index].place, Place::Heap(n) if (16..=24).contains(&n)));
+        // That node's next -> the second node.
+        let (off, Value::Object { offset, .. }) = plan.objects[index].pointers[0].clone() else {
+            panic!()
+        };
+        assert_eq!((off, offset), (8, 0));
+        assert!(plan.displaced.is_empty());
+    }
+}
