@@ -12,7 +12,7 @@ use fixtures::{Fixture, LineReader};
 use tracer::remote::RemoteSession;
 use tracer::spawn::{spawn, SpawnConfig};
 use tracer::symbols::SymbolResolver;
-use tracer::{Held, SyscallAction};
+use tracer::SyscallAction;
 use transplant::state::live::{capture_process, capture_stopped};
 use transplant::transfer::{apply, plan_same_layout, Destination};
 
@@ -25,29 +25,12 @@ fn a_state_moves_into_a_fresh_instance_and_checks_out() {
     src.wait_ready();
 
     // The target: the same program at another scale, held at its first read of stdin.
-    let (in_r, in_w) = nix::unistd::pipe().unwrap();
-    let (out_r, out_w) = nix::unistd::pipe().unwrap();
-    let cfg = SpawnConfig::new(fixtures::path("datastructs"))
-        .argv(["datastructs", "1"])
-        .fd(in_r.as_raw_fd(), 0)
-        .fd(out_w.as_raw_fd(), 1);
-    let mut dst = spawn(&cfg).unwrap();
-    drop((in_r, out_w));
-    let mut out = LineReader::new(File::from(out_r));
-    let mut stdin = File::from(in_w);
-    let mut quiescent = |_: &tracer::ProcessMemory, e: &tracer::SyscallEntry| {
-        Ok(if e.nr == libc::SYS_read as u64 && e.args[0] == 0 {
-            SyscallAction::Hold
-        } else {
-            SyscallAction::Run
-        })
-    };
-    let held = dst
-        .run(Duration::from_secs(20), None, Some(&mut quiescent))
-        .unwrap();
-    let Held::Syscall(entry) = held else {
-        panic!("{held:?}")
-    };
+    let HeldFixture {
+        tracee: mut dst,
+        tid,
+        mut stdin,
+        mut out,
+    } = spawn_held("datastructs", &["1"]);
     let dst_alloc = fixtures::parse_fields(&out.line(fixtures::LINE_TIMEOUT).unwrap());
     assert_eq!(dst_alloc["count"], "43");
     let dst_sum = out.line(fixtures::LINE_TIMEOUT).unwrap();
@@ -89,7 +72,7 @@ fn a_state_moves_into_a_fresh_instance_and_checks_out() {
     let malloc = symbols.lookup_in("libc.so", "malloc").unwrap();
     let free = symbols.lookup_in("libc.so", "free").unwrap();
     let applied = {
-        let mut s = RemoteSession::open(&mut dst, entry.tid).unwrap();
+        let mut s = RemoteSession::open(&mut dst, tid).unwrap();
         let applied = apply(&mut s, malloc, free, &plan).unwrap();
         s.close().unwrap();
         applied
@@ -103,17 +86,9 @@ fn a_state_moves_into_a_fresh_instance_and_checks_out() {
     assert_eq!(line, src_sum);
 
     // Its heap now holds exactly the transferred objects: captured again, nothing else.
-    let mut held_again = |_: &tracer::ProcessMemory, e: &tracer::SyscallEntry| {
-        Ok(if e.nr == libc::SYS_read as u64 && e.args[0] == 0 {
-            SyscallAction::Hold
-        } else {
-            SyscallAction::Run
-        })
-    };
     stdin.write_all(b"sum\n").unwrap();
     assert_eq!(out.line(fixtures::LINE_TIMEOUT).unwrap(), src_sum);
-    dst.run(Duration::from_secs(20), None, Some(&mut held_again))
-        .unwrap();
+    hold_at_stdin_read(&mut dst);
     let after = capture_stopped(&dst).unwrap();
     assert_eq!(
         after.graph.summary().heap_objects.to_string(),
@@ -139,6 +114,22 @@ struct HeldFixture {
     out: LineReader<File>,
 }
 
+/// Runs `tracee` until a thread is about to `read` stdin (its quiescent point) and holds it
+/// there; returns that thread.
+fn hold_at_stdin_read(tracee: &mut tracer::Tracee) -> tracer::Pid {
+    let mut at_stdin = |_: &tracer::ProcessMemory, e: &tracer::SyscallEntry| {
+        Ok(if e.nr == libc::SYS_read as u64 && e.args[0] == 0 {
+            SyscallAction::Hold
+        } else {
+            SyscallAction::Run
+        })
+    };
+    tracee
+        .run(Duration::from_secs(20), None, Some(&mut at_stdin))
+        .unwrap()
+        .tid()
+}
+
 fn spawn_held(name: &str, args: &[&str]) -> HeldFixture {
     let (in_r, in_w) = nix::unistd::pipe().unwrap();
     let (out_r, out_w) = nix::unistd::pipe().unwrap();
@@ -150,17 +141,7 @@ fn spawn_held(name: &str, args: &[&str]) -> HeldFixture {
         .fd(out_w.as_raw_fd(), 1);
     let mut tracee = spawn(&cfg).unwrap();
     drop((in_r, out_w));
-    let mut at_stdin = |_: &tracer::ProcessMemory, e: &tracer::SyscallEntry| {
-        Ok(if e.nr == libc::SYS_read as u64 && e.args[0] == 0 {
-            SyscallAction::Hold
-        } else {
-            SyscallAction::Run
-        })
-    };
-    let held = tracee
-        .run(Duration::from_secs(20), None, Some(&mut at_stdin))
-        .unwrap();
-    let tid = held.tid();
+    let tid = hold_at_stdin_read(&mut tracee);
     HeldFixture {
         tracee,
         tid,

@@ -346,12 +346,7 @@ impl Cx<'_> {
                 } else {
                     raw as i128
                 };
-                let (lo, hi): (i128, i128) = if *new_signed {
-                    (-(1i128 << (new_bits - 1)), (1i128 << (new_bits - 1)) - 1)
-                } else {
-                    (0, (1i128 << new_bits) - 1)
-                };
-                if value < lo || value > hi {
+                if !fits(value, *new_bits, *new_signed) {
                     return Err(refused(
                         path,
                         &format!("the value {value} does not fit its new {new_bits}-bit type"),
@@ -602,16 +597,21 @@ fn value_convert(
         ));
     };
     let bits = nsize * 8;
-    let (lo, hi): (i128, i128) = if nsigned {
-        (-(1i128 << (bits - 1)), (1i128 << (bits - 1)) - 1)
-    } else {
-        (0, (1i128 << bits) - 1)
-    };
-    if (converted as i128) < lo || (converted as i128) > hi {
+    if !fits(converted as i128, bits, nsigned) {
         return Err(refused(
             path,
             &format!("{v} converts to {converted}, which does not fit its new {bits}-bit type"),
         ));
     }
     write_uint(new, noff, nsize, converted as u64).ok_or_else(short)
+}
+
+/// Whether `value` is representable in an integer of `bits` bits and the given signedness.
+fn fits(value: i128, bits: u64, signed: bool) -> bool {
+    let (lo, hi): (i128, i128) = if signed {
+        (-(1i128 << (bits - 1)), (1i128 << (bits - 1)) - 1)
+    } else {
+        (0, (1i128 << bits) - 1)
+    };
+    (lo..=hi).contains(&value)
 }

@@ -292,18 +292,24 @@ impl<'t> RemoteSession<'t> {
         Ok(out.rax)
     }
 
-    /// Sets up registers for running code on the thread's stack: below the red zone, 16-byte
-    /// aligned, with `ret_addr` pushed as the return address.
-    fn prepare_frame(&mut self, ret_addr: u64) -> Result<Regs> {
-        let mut r = self.saved;
-        let sp = RemoteAddr::new(self.saved.rsp)
+    /// A 16-byte aligned stack pointer below the thread's red zone (and some margin), where
+    /// injected code may push without touching the interrupted code's data.
+    fn stack_below_red_zone(&self) -> Result<RemoteAddr> {
+        Ok(RemoteAddr::new(self.saved.rsp)
             .checked_sub(RED_ZONE + 256)
             .ok_or(Error::UnexpectedStop {
                 pid: self.tid,
                 stop: format!("rsp {:#x}", self.saved.rsp),
                 during: "building a call frame".into(),
             })?
-            .align_down(16);
+            .align_down(16))
+    }
+
+    /// Sets up registers for running code on the thread's stack: below the red zone, 16-byte
+    /// aligned, with `ret_addr` pushed as the return address.
+    fn prepare_frame(&mut self, ret_addr: u64) -> Result<Regs> {
+        let mut r = self.saved;
+        let sp = self.stack_below_red_zone()?;
         let sp = RemoteAddr::new(sp.get() - 8);
         self.tracee.memory().write(sp, &ret_addr.to_ne_bytes())?;
         r.rsp = sp.get();
@@ -328,15 +334,7 @@ impl<'t> RemoteSession<'t> {
         self.tracee.memory().write(scratch, &bytes)?;
         let loop_start = self.site.get() + SYSCALL_TRAMPOLINE.len() as u64;
         let mut r = self.saved;
-        let sp = RemoteAddr::new(self.saved.rsp)
-            .checked_sub(RED_ZONE + 256)
-            .ok_or(Error::UnexpectedStop {
-                pid: self.tid,
-                stop: format!("rsp {:#x}", self.saved.rsp),
-                during: "building a call frame".into(),
-            })?
-            .align_down(16);
-        r.rsp = sp.get();
+        r.rsp = self.stack_below_red_zone()?.get();
         r.rip = loop_start;
         r.rdi = func.get();
         r.rsi = scratch.get();
