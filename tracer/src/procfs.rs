@@ -731,6 +731,74 @@ pub fn cgroup(pid: Pid) -> Result<Vec<CgroupEntry>> {
         .collect()
 }
 
+/// Where cgroup `path` of the unified (v2) hierarchy (the `0::PATH` line of
+/// `/proc/PID/cgroup`) is in our file system: a `cgroup2` mount of `/proc/self/mountinfo`
+/// joined with `path`. That mount is `/sys/fs/cgroup` on a pure v2 host but e.g.
+/// `/sys/fs/cgroup/unified` on a hybrid v1/v2 one, so it is looked up, never assumed.
+///
+/// A mount of a sub-tree (mountinfo's root field not `/`) serves the paths below its root.
+/// `None` if no cgroup2 mount shows `path`; an error only if mountinfo cannot be read.
+pub fn unified_cgroup_dir(path: &str) -> Result<Option<PathBuf>> {
+    let file = "/proc/self/mountinfo";
+    let text = std::fs::read_to_string(file).map_err(|source| Error::Io {
+        path: file.into(),
+        source,
+    })?;
+    Ok(unified_cgroup_dir_in(&text, path))
+}
+
+/// [`unified_cgroup_dir`] on the text of a mountinfo file.
+fn unified_cgroup_dir_in(mountinfo: &str, path: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        // proc(5): ID PARENT MAJ:MIN ROOT MOUNT-POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
+        let (mount, fs) = line.split_once(" - ")?;
+        if fs.split(' ').next()? != "cgroup2" {
+            return None;
+        }
+        let mut fields = mount.split(' ');
+        let root = unescape_mountinfo(fields.nth(3)?);
+        let mount_point = unescape_mountinfo(fields.next()?);
+        let below = if root == "/" {
+            path
+        } else if path == root {
+            ""
+        } else {
+            path.strip_prefix(root.as_str())
+                .filter(|rest| rest.starts_with('/'))?
+        };
+        let below = below.trim_start_matches('/');
+        let mut dir = PathBuf::from(mount_point);
+        if !below.is_empty() {
+            dir.push(below);
+        }
+        Some(dir)
+    })
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, `\011`, `\012`, `\134`).
+fn unescape_mountinfo(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .map(|d| d.iter().fold(0u32, |n, c| n * 8 + u32::from(c - b'0')));
+        match octal.and_then(|n| u8::try_from(n).ok()) {
+            Some(byte) => {
+                out.push(byte);
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Everything needed to start another program "in the execution context" of a running
 /// process: what it runs, with which arguments, environment, directory, identity, limits,
 /// mask and cgroups. File descriptors are not part of it (see [`crate::fd`]).
@@ -886,6 +954,41 @@ mod tests {
         assert!(split_nul(b"").is_empty());
         let (k, v) = split_env(std::ffi::OsStr::new("A=b=c"));
         assert_eq!((k.to_str(), v.to_str()), (Some("A"), Some("b=c")));
+    }
+
+    #[test]
+    fn the_unified_cgroup_directory_comes_from_mountinfo() {
+        let hybrid = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime shared:9 - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            unified_cgroup_dir_in(hybrid, "/a/b"),
+            Some(PathBuf::from("/sys/fs/cgroup/unified/a/b"))
+        );
+        assert_eq!(
+            unified_cgroup_dir_in(hybrid, "/"),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let sub_tree = "50 1 0:40 /svc /mnt/my\\040cg rw - cgroup2 none rw\n";
+        assert_eq!(
+            unified_cgroup_dir_in(sub_tree, "/svc/x"),
+            Some(PathBuf::from("/mnt/my cg/x"))
+        );
+        assert_eq!(
+            unified_cgroup_dir_in(sub_tree, "/svc"),
+            Some(PathBuf::from("/mnt/my cg"))
+        );
+        assert_eq!(unified_cgroup_dir_in(sub_tree, "/svcx"), None);
+        assert_eq!(unified_cgroup_dir_in(sub_tree, "/other"), None);
+        assert_eq!(
+            unified_cgroup_dir_in(
+                "32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n",
+                "/"
+            ),
+            None
+        );
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! Starting a program under trace, in an execution context we choose.
 //!
-//! [`spawn`] forks, sets up the child's file descriptors, working directory, resource limits,
-//! umask and credentials, and executes the program already seized with `PTRACE_O_EXITKILL`: the
-//! program never runs an instruction untraced, and dies with the thread that traces it. It
-//! returns a [`Tracee`] stopped at the exec event, before the dynamic loader has run, which
-//! kills and reaps the process when dropped.
+//! [`spawn`] forks, puts the child in its cgroup, sets up its file descriptors, session,
+//! working directory, resource limits, umask and credentials, and executes the program already
+//! seized with `PTRACE_O_EXITKILL`: the program never runs an instruction untraced, and dies
+//! with the thread that traces it. It returns a [`Tracee`] stopped at the exec event, before the
+//! dynamic loader has run, which kills and reaps the process when dropped.
+//!
+//! [`SpawnConfig::in_context`] describes the context of a running process as
+//! [`crate::procfs::exec_context`] read it: the new version of a program starts where the old
+//! one runs.
 //!
 //! The parent may be multithreaded, so the child between `fork` and `execve` makes only
 //! async-signal-safe system calls (signal-safety(7)) on data prepared before the fork: no
@@ -25,6 +29,7 @@ use nix::unistd::Pid;
 use tracing::debug;
 
 use crate::error::{Error, Result};
+use crate::procfs::ExecContext;
 use crate::ptrace::{restart, wait_raw, Event, Restart, Status, Stop};
 use crate::tracee::Tracee;
 
@@ -53,9 +58,10 @@ pub use crate::procfs::Rlimit;
 
 /// Everything about the process [`spawn`] starts.
 ///
-/// Built with [`SpawnConfig::new`] and the builder methods, or by setting the public fields.
-/// What is not set is inherited from the calling process (cwd, credentials, limits, umask), except
-/// file descriptors: the program gets exactly those in [`SpawnConfig::fds`].
+/// Built with [`SpawnConfig::new`] or [`SpawnConfig::in_context`] and the builder methods, or by
+/// setting the public fields. What is not set is inherited from the calling process (cwd,
+/// credentials, limits, umask, cgroup, session), except file descriptors: the program gets
+/// exactly those in [`SpawnConfig::fds`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpawnConfig {
     /// The executable. No `PATH` search; a relative path is taken relative to the caller's
@@ -78,6 +84,14 @@ pub struct SpawnConfig {
     /// exactly these, every other descriptor is closed at exec. Sources and targets may overlap
     /// (e.g. a swap of 5 and 6). Each source must stay open until [`spawn`] returns.
     pub fds: Vec<(RawFd, RawFd)>,
+    /// The cgroup of the unified (v2) hierarchy to start in, as the `0::PATH` line of
+    /// `/proc/PID/cgroup` names it (absolute, e.g. `/system.slice/app.service`); `None` keeps
+    /// the caller's. The child is moved there before it executes the program.
+    pub cgroup: Option<String>,
+    /// Whether the child calls setsid(2) before exec: a new session and process group led by
+    /// the program, with no controlling terminal, so that it does not share the caller's
+    /// terminal and its hang-up.
+    pub new_session: bool,
 }
 
 impl SpawnConfig {
@@ -102,6 +116,42 @@ impl SpawnConfig {
             rlimits: Vec::new(),
             umask: None,
             fds: vec![(0, 0), (1, 1), (2, 2)],
+            cgroup: None,
+            new_session: false,
+        }
+    }
+
+    /// A configuration for `program` in the execution context `ctx` of another process (read
+    /// by [`crate::procfs::exec_context`]): its argument vector, exactly its environment (not
+    /// ours), its working directory, its real user and group ids and supplementary groups,
+    /// every one of its resource limits, its umask and its cgroup of the unified hierarchy, in
+    /// a new session ([`SpawnConfig::new_session`]).
+    ///
+    /// The real ids are taken, as they name who runs the program: a set-user-id `program`
+    /// gains its effective id at exec as the old one did. Memberships of v1 cgroup hierarchies
+    /// are not reproduced. File descriptors are this process's 0, 1 and 2, as with
+    /// [`SpawnConfig::new`]: the caller replaces them with the old process's.
+    ///
+    /// Changing the ids, raising hard limits and moving into the cgroup need the privileges
+    /// of those operations; [`spawn`] names the step that lacked them.
+    #[must_use]
+    pub fn in_context(program: impl Into<PathBuf>, ctx: &ExecContext) -> Self {
+        let creds = &ctx.credentials;
+        SpawnConfig {
+            program: program.into(),
+            argv: ctx.argv.clone(),
+            env: ctx.env.clone(),
+            cwd: Some(ctx.cwd.clone()),
+            credentials: Some(Credentials {
+                uid: creds.uid,
+                gid: creds.gid,
+                groups: creds.groups.clone(),
+            }),
+            rlimits: ctx.rlimits.clone(),
+            umask: Some(ctx.umask),
+            fds: vec![(0, 0), (1, 1), (2, 2)],
+            cgroup: ctx.unified_cgroup().map(str::to_owned),
+            new_session: true,
         }
     }
 
@@ -177,6 +227,21 @@ impl SpawnConfig {
         self
     }
 
+    /// Starts the program in cgroup `path` of the unified (v2) hierarchy (see
+    /// [`SpawnConfig::cgroup`](SpawnConfig#structfield.cgroup)).
+    #[must_use]
+    pub fn cgroup(mut self, path: impl Into<String>) -> Self {
+        self.cgroup = Some(path.into());
+        self
+    }
+
+    /// Starts the program in a new session, without a controlling terminal (setsid(2)).
+    #[must_use]
+    pub fn new_session(mut self) -> Self {
+        self.new_session = true;
+        self
+    }
+
     /// Gives the program no file descriptor at all (add some with [`SpawnConfig::fd`]).
     #[must_use]
     pub fn no_fds(mut self) -> Self {
@@ -200,6 +265,11 @@ impl SpawnConfig {
 pub enum SpawnStep {
     /// `fork(2)` itself (in the parent).
     Fork,
+    /// Moving the child into its cgroup (in the parent, before the child runs on): finding the
+    /// cgroup2 mount, opening the cgroup's `cgroup.procs`, writing the child's pid to it.
+    Cgroup,
+    /// `setsid`.
+    Setsid,
     /// Moving the child's ends of the set-up pipes above every target descriptor.
     MovePipes,
     /// Duplicating source descriptor `fd` out of the way (`F_DUPFD_CLOEXEC`).
@@ -242,6 +312,8 @@ impl SpawnStep {
             SpawnStep::SignalMask => (10, 0),
             SpawnStep::SignalDisposition => (11, 0),
             SpawnStep::Execve => (12, 0),
+            SpawnStep::Cgroup => (13, 0),
+            SpawnStep::Setsid => (14, 0),
         }
     }
 
@@ -260,6 +332,8 @@ impl SpawnStep {
             10 => SpawnStep::SignalMask,
             11 => SpawnStep::SignalDisposition,
             12 => SpawnStep::Execve,
+            13 => SpawnStep::Cgroup,
+            14 => SpawnStep::Setsid,
             _ => return None,
         })
     }
@@ -283,6 +357,11 @@ impl SpawnFailure {
     fn new(step: SpawnStep, errno: i32, cfg: &SpawnConfig) -> Self {
         let what = match step {
             SpawnStep::Fork => "fork".to_owned(),
+            SpawnStep::Cgroup => match &cfg.cgroup {
+                Some(c) => format!("moving the child into cgroup {c}"),
+                None => "moving the child into its cgroup".to_owned(),
+            },
+            SpawnStep::Setsid => "setsid".to_owned(),
             SpawnStep::MovePipes => "moving the set-up pipes (fcntl F_DUPFD_CLOEXEC)".to_owned(),
             SpawnStep::DupSource(fd) => {
                 format!("duplicating source fd {fd} (fcntl F_DUPFD_CLOEXEC)")
@@ -340,17 +419,27 @@ impl std::error::Error for SpawnFailure {}
 ///
 /// In the child, in this order: the descriptors of [`SpawnConfig::fds`] are put in place (all
 /// sources first duplicated above every number involved, then `dup2`ed onto their targets, so
-/// overlapping mappings work) and every other descriptor is marked close-on-exec; then `chdir`,
-/// `setrlimit`, `umask`, and `setgroups`, `setgid`, `setuid` (in that order, while still
-/// privileged); then the signal mask is emptied and `SIGPIPE` reset to its default action. The
-/// child then waits until the parent has seized it (`PTRACE_SEIZE` with `PTRACE_O_EXITKILL`,
-/// `TRACESYSGOOD`, `TRACECLONE`, `TRACEEXEC`) and executes the program.
+/// overlapping mappings work) and every other descriptor is marked close-on-exec; then
+/// `setsid` (if asked), `chdir`, `setrlimit`, `umask`, and `setgroups`, `setgid`, `setuid` (in
+/// that order, while still privileged); then the signal mask is emptied and `SIGPIPE` reset to
+/// its default action. The child then waits until the parent has seized it (`PTRACE_SEIZE`
+/// with `PTRACE_O_EXITKILL`, `TRACESYSGOOD`, `TRACECLONE`, `TRACEEXEC`) and executes the
+/// program.
+///
+/// With a [`SpawnConfig::cgroup`](SpawnConfig#structfield.cgroup) other than the caller's own,
+/// the parent opens that cgroup's `cgroup.procs` (under the cgroup2 mount that
+/// `/proc/self/mountinfo` shows, see [`crate::procfs::unified_cgroup_dir`]) before forking,
+/// and writes the child's pid to it before letting the child go on: the program is accounted
+/// there from its first instruction. A failure there is [`SpawnStep::Cgroup`] with the cgroup,
+/// the file and the `errno` (e.g. `EBUSY` for a cgroup that enables controllers for its
+/// children, `EOPNOTSUPP` for a `domain invalid` one, `EROFS`, `EACCES`).
 ///
 /// The process is killed if the calling *thread* exits (ptrace(2): the tracer is a thread) and
 /// when the returned [`Tracee`] is dropped; it must be driven from the calling thread.
 ///
 /// Fails with [`Error::Spawn`], naming the program, for an invalid configuration (a NUL byte in
-/// a string, a negative or repeated target descriptor; kind `InvalidInput`) and for any step
+/// a string, a negative or repeated target descriptor, a cgroup path that is not absolute or
+/// has `.` or `..` components; kind `InvalidInput`) and for any step
 /// that failed in the child, the failing step and `errno` in its [`SpawnFailure`]; the child is
 /// reaped in every case. Fails with [`Error::PermissionDenied`] or [`Error::Sys`] if it cannot be
 /// seized (it is then killed and reaped).
@@ -380,6 +469,10 @@ pub fn spawn(cfg: &SpawnConfig) -> Result<Tracee> {
         .map_err(|e| os_error("pipe2", e))?;
     let mut plan = ChildPlan::new(&program, cfg, &go_read, &go_write, &err_read, &err_write)
         .map_err(invalid)?;
+    let cgroup = match &cfg.cgroup {
+        Some(path) => CgroupMove::prepare(path).map_err(|f| f.into_error(&program))?,
+        None => None,
+    };
 
     // SAFETY: fork(2) has no memory-safety preconditions. In the child, which starts with only
     // the calling thread, `child_main` makes only async-signal-safe calls (signal-safety(7)) on
@@ -396,6 +489,18 @@ pub fn spawn(cfg: &SpawnConfig) -> Result<Tracee> {
     // Our copy of `go_read` stays open until "go" is written: with a reader left, that write
     // can never raise SIGPIPE in us, even if the child is dead already.
     drop(err_write);
+
+    if let Some(cgroup) = &cgroup {
+        if let Err(failure) = cgroup.enter(pid) {
+            // A child whose set-up failed may be gone already (ESRCH): its report comes first.
+            let status = kill_and_reap(pid);
+            return Err(match read_report(&err_read) {
+                Some(report) => child_error(Some(report), cfg, &program, status),
+                None => failure.into_error(&program),
+            });
+        }
+        debug!(pid = pid.as_raw(), cgroup = %cgroup.path, "moved the child into its cgroup");
+    }
 
     if let Err(e) = ptrace::seize(pid, SPAWN_OPTIONS) {
         // A child whose set-up failed may be exiting already, which PTRACE_SEIZE refuses with
@@ -459,6 +564,113 @@ pub fn spawn(cfg: &SpawnConfig) -> Result<Tracee> {
                 return Err(e);
             }
         }
+    }
+}
+
+/// The move of a spawned child into its cgroup, prepared before the fork.
+struct CgroupMove {
+    /// The cgroup, as `/proc/PID/cgroup` names it.
+    path: String,
+    /// Its `cgroup.procs` file.
+    procs: PathBuf,
+    /// That file, open for writing.
+    file: std::fs::File,
+}
+
+impl CgroupMove {
+    /// Opens `cgroup.procs` of cgroup `path`; `None` if the calling thread is in that cgroup
+    /// already (its child is born there, and writing our own cgroup may not be allowed).
+    fn prepare(path: &str) -> std::result::Result<Option<Self>, SpawnFailure> {
+        let ours = std::fs::read_to_string("/proc/thread-self/cgroup").ok();
+        if ours
+            .as_deref()
+            .is_some_and(|text| text.lines().any(|l| l.strip_prefix("0::") == Some(path)))
+        {
+            return Ok(None);
+        }
+        let dir = match crate::procfs::unified_cgroup_dir(path) {
+            Ok(Some(dir)) => dir,
+            Ok(None) => {
+                return Err(cgroup_failure(
+                    path,
+                    "no cgroup2 file system mounted here shows it (/proc/self/mountinfo)",
+                    libc::ENOENT,
+                    false,
+                ))
+            }
+            Err(e) => {
+                let errno = match &e {
+                    Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+                    _ => libc::EIO,
+                };
+                return Err(cgroup_failure(
+                    path,
+                    "reading /proc/self/mountinfo",
+                    errno,
+                    false,
+                ));
+            }
+        };
+        let procs = dir.join("cgroup.procs");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&procs)
+            .map_err(|e| {
+                cgroup_failure(
+                    path,
+                    &format!("opening {}", procs.display()),
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                    true,
+                )
+            })?;
+        Ok(Some(CgroupMove {
+            path: path.to_owned(),
+            procs,
+            file,
+        }))
+    }
+
+    /// Moves process `pid` into the cgroup (cgroups(7): "writing its PID to the cgroup.procs
+    /// file of the target cgroup"), one pid in one write(2).
+    fn enter(&self, pid: Pid) -> std::result::Result<(), SpawnFailure> {
+        use std::io::Write;
+        (&self.file)
+            .write_all(format!("{pid}\n").as_bytes())
+            .map_err(|e| {
+                cgroup_failure(
+                    &self.path,
+                    &format!("writing pid {pid} to {}", self.procs.display()),
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                    true,
+                )
+            })
+    }
+}
+
+/// A failure of [`SpawnStep::Cgroup`]: the cgroup, what was done, and for an operation on its
+/// `cgroup.procs` what the `errno` usually means there (the kernel's cgroup-v2.rst).
+fn cgroup_failure(cgroup: &str, doing: &str, errno: i32, on_procs_file: bool) -> SpawnFailure {
+    let hint = match errno {
+        _ if !on_procs_file => "",
+        libc::ENOENT => " (no such cgroup)",
+        libc::EROFS => " (the cgroup file system is mounted read-only)",
+        libc::EBUSY => {
+            " (the cgroup enables controllers for its children in cgroup.subtree_control, \
+             so by the \"no internal processes\" rule it cannot hold processes)"
+        }
+        libc::EOPNOTSUPP => {
+            " (the cgroup's cgroup.type takes no processes, e.g. \"domain invalid\")"
+        }
+        libc::EACCES | libc::EPERM => {
+            " (moving a process needs write access to cgroup.procs of the target cgroup and of \
+             the common ancestor of the source and target cgroups)"
+        }
+        _ => "",
+    };
+    SpawnFailure {
+        step: SpawnStep::Cgroup,
+        errno,
+        what: format!("moving the child into cgroup {cgroup}: {doing}{hint}"),
     }
 }
 
@@ -528,6 +740,7 @@ struct ChildPlan {
     credentials: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
     rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
     umask: Option<libc::mode_t>,
+    setsid: bool,
     /// `(source, target)`.
     fds: Vec<(RawFd, RawFd)>,
     /// Scratch: where each source was duplicated to.
@@ -582,6 +795,9 @@ impl ChildPlan {
             Some(d) => Some(cstring("the working directory", d.as_os_str().as_bytes())?),
             None => None,
         };
+        if let Some(c) = &cfg.cgroup {
+            check_cgroup_path(c)?;
+        }
 
         let ours = [go_read, go_write, err_read, err_write].map(|fd| fd.as_raw_fd());
         let mut targets: Vec<RawFd> = Vec::with_capacity(cfg.fds.len());
@@ -660,6 +876,7 @@ impl ChildPlan {
                 })
                 .collect(),
             umask: cfg.umask.map(|m| m as libc::mode_t),
+            setsid: cfg.new_session,
             fds: cfg.fds.clone(),
             dups: vec![-1; cfg.fds.len()],
             gaps,
@@ -672,6 +889,20 @@ impl ChildPlan {
             default_action,
         })
     }
+}
+
+/// A cgroup path must name a cgroup below the hierarchy's root the way `/proc/PID/cgroup`
+/// does: absolute, without `.` or `..` to climb out of the mount.
+fn check_cgroup_path(path: &str) -> std::result::Result<(), String> {
+    let bad = !path.starts_with('/')
+        || path.contains(['\0', '\n'])
+        || path.split('/').any(|c| c == "." || c == "..");
+    if bad {
+        return Err(format!(
+            "cgroup path {path:?} is not an absolute path without . and .. components"
+        ));
+    }
+    Ok(())
 }
 
 fn errno() -> i32 {
@@ -757,6 +988,13 @@ fn child_main(plan: &mut ChildPlan) -> ! {
         }
     }
 
+    if plan.setsid {
+        // SAFETY: setsid(2) is async-signal-safe and takes no argument. It fails (EPERM) only
+        // for a process group leader, which a freshly forked child is not.
+        if unsafe { libc::setsid() } < 0 {
+            fail(err_fd, SpawnStep::Setsid);
+        }
+    }
     if let Some(cwd) = &plan.cwd {
         // SAFETY: chdir(2) is async-signal-safe; `cwd` is a NUL-terminated string.
         if unsafe { libc::chdir(cwd.as_ptr()) } < 0 {
@@ -864,6 +1102,8 @@ mod tests {
     fn steps_round_trip_through_the_report() {
         for step in [
             SpawnStep::Fork,
+            SpawnStep::Cgroup,
+            SpawnStep::Setsid,
             SpawnStep::MovePipes,
             SpawnStep::DupSource(5),
             SpawnStep::Dup2(7),
@@ -892,6 +1132,9 @@ mod tests {
                 fds: vec![(0, 4), (1, 4)],
                 ..SpawnConfig::new("/bin/true")
             },
+            SpawnConfig::new("/bin/true").cgroup("relative/cg"),
+            SpawnConfig::new("/bin/true").cgroup("/a/../b"),
+            SpawnConfig::new("/bin/true").cgroup("/a/./b"),
         ];
         for cfg in bad {
             match spawn(&cfg) {

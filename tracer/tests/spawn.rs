@@ -385,3 +385,395 @@ fn a_spawned_process_dies_with_its_tracer() {
         other => panic!("spawned process ended unexpectedly: {other:?}"),
     }
 }
+
+/// The `0::PATH` cgroup (unified hierarchy) of this process, if it has one.
+fn own_unified_cgroup() -> Option<String> {
+    tracer::procfs::cgroup(nix::unistd::getpid())
+        .expect("/proc/self/cgroup")
+        .into_iter()
+        .find(|c| c.hierarchy == 0 && c.controllers.is_empty())
+        .map(|c| c.path)
+}
+
+/// The `0::PATH` cgroup of `pid`, read from `/proc/PID/cgroup` as text.
+fn unified_cgroup_of(pid: Pid) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("/proc/PID/cgroup");
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_else(|| panic!("no unified cgroup in {text:?}"))
+        .to_owned()
+}
+
+/// A cgroup this test created, removed (`rmdir`) when dropped if no one did it before.
+struct TestCgroup {
+    /// As `/proc/PID/cgroup` names it.
+    path: String,
+    /// Its directory under the cgroup2 mount.
+    dir: PathBuf,
+    removed: bool,
+}
+
+impl TestCgroup {
+    /// Creates cgroup `name` below `parent` (a cgroup path). `None`, with the reason on stderr,
+    /// when this machine does not let us: no cgroup2 mount, or a read-only or forbidden one.
+    /// Any other failure fails the test.
+    fn create(parent: &str, name: &str) -> Option<Self> {
+        let path = format!("{}/{name}", parent.trim_end_matches('/'));
+        let Some(dir) = tracer::procfs::unified_cgroup_dir(&path).expect("mountinfo") else {
+            eprintln!("SKIP: no cgroup2 file system is mounted here");
+            return None;
+        };
+        match std::fs::create_dir(&dir) {
+            Ok(()) => Some(TestCgroup {
+                path,
+                dir,
+                removed: false,
+            }),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EROFS | libc::EACCES | libc::EPERM)
+                ) =>
+            {
+                eprintln!("SKIP: cannot create cgroup {}: {e}", dir.display());
+                None
+            }
+            Err(e) => panic!("mkdir {}: {e}", dir.display()),
+        }
+    }
+
+    /// A child cgroup directly under `/` of ours, named after the test and this process.
+    fn below_ours(tag: &str) -> Option<Self> {
+        let ours = own_unified_cgroup().expect("this process has a unified cgroup");
+        Self::create(
+            &ours,
+            &format!("transplant-spawn-{tag}-{}", std::process::id()),
+        )
+    }
+
+    /// Writes `value` to the cgroup's control file `file`.
+    fn write(&self, file: &str, value: &str) -> std::io::Result<()> {
+        std::fs::write(self.dir.join(file), value)
+    }
+
+    /// Removes the cgroup, which must be empty by now (every process in it reaped).
+    fn remove(mut self) {
+        self.removed = true;
+        std::fs::remove_dir(&self.dir)
+            .unwrap_or_else(|e| panic!("rmdir {}: {e}", self.dir.display()));
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        if !self.removed {
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+    }
+}
+
+/// The session id of `pid` (field 6 of `/proc/PID/stat`).
+fn session_of(pid: Pid) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    let (_, rest) = stat.rsplit_once(") ").expect("stat format");
+    // state ppid pgrp session
+    rest.split_whitespace()
+        .nth(3)
+        .expect("session field")
+        .parse()
+        .expect("number")
+}
+
+/// A line `key:...` of `/proc/PID/status`.
+fn status_line(pid: Pid, key: &str) -> String {
+    tracer::procfs::status_field(pid, key).unwrap_or_else(|e| panic!("{key} of {pid}: {e}"))
+}
+
+/// Starts a public copy of `report` the way some other service manager would (plain
+/// fork/exec, not `tracer::spawn`): as uid/gid 65534 with groups 65534 and 100, in `cwd`,
+/// with a small environment of its own, umask 037, and lowered `RLIMIT_NOFILE` and
+/// `RLIMIT_CORE`. Returns the process and its report.
+fn start_unprivileged_report(
+    report: &fixtures::PublicCopy,
+    cwd: &Path,
+) -> (KillOnDrop, HashMap<String, String>) {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(report.path());
+    cmd.arg0("report-old")
+        .args(["argument", "two words"])
+        .env_clear()
+        .env("TRANSPLANT_FIXTURE_VAR", "from the old process")
+        .env("ONLY_IN_THE_OLD_PROCESS", "1")
+        .current_dir(cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    // SAFETY: the closure runs in the forked child before exec and makes only
+    // async-signal-safe system calls on stack values (std's `uid`/`groups` cannot be used:
+    // std drops privileges before running pre_exec closures, and `groups` is unstable).
+    unsafe {
+        cmd.pre_exec(|| {
+            let check = |rc: libc::c_int| {
+                if rc == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            };
+            let nofile = libc::rlimit {
+                rlim_cur: 100,
+                rlim_max: 150,
+            };
+            check(libc::setrlimit(libc::RLIMIT_NOFILE, &nofile))?;
+            let core = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 1 << 20,
+            };
+            check(libc::setrlimit(libc::RLIMIT_CORE, &core))?;
+            libc::umask(0o037);
+            let groups: [libc::gid_t; 2] = [65534, 100];
+            check(libc::setgroups(groups.len(), groups.as_ptr()))?;
+            check(libc::setgid(65534))?;
+            check(libc::setuid(65534))
+        });
+    }
+    let mut child = KillOnDrop(cmd.spawn().expect("start the old report"));
+    let stdout = child.0.stdout.take().expect("stdout");
+    let mut out = LineReader::new(File::from(OwnedFd::from(stdout)));
+    let fields = read_report(&mut out);
+    (child, fields)
+}
+
+#[test]
+fn in_context_reproduces_the_context_of_an_unprivileged_process() {
+    let dir = TempDir::new("ctx");
+    let report = fixtures::PublicCopy::new("report");
+    let (old_child, old) = start_unprivileged_report(&report, &dir.0);
+    let old_pid = Pid::from_raw(old_child.0.id() as i32);
+    // The old process really runs in the context we meant to give it, else the comparison
+    // below proves nothing.
+    assert_eq!(old["uid"], "65534");
+    assert_eq!(old["gid"], "65534");
+    assert_eq!(
+        old["groups"].split(',').collect::<BTreeSet<_>>(),
+        BTreeSet::from(["100", "65534"])
+    );
+    assert_eq!(old["nofile"], "100:150");
+    assert_eq!(old["umask"], "037");
+    assert_eq!(old["env"], "from the old process");
+    assert_eq!(Path::new(&old["cwd"]), dir.0.canonicalize().unwrap());
+    let our_session = nix::unistd::getsid(None).expect("getsid").as_raw();
+    assert_eq!(session_of(old_pid), our_session);
+
+    let ctx = tracer::procfs::exec_context(old_pid).expect("exec_context of the old process");
+    assert_eq!(ctx.exe, report.path());
+    let (in_r, _in_w) = pipe();
+    let (out_r, out_w) = pipe();
+    let cfg = SpawnConfig::in_context(report.path(), &ctx)
+        .fd(in_r.as_raw_fd(), 0)
+        .fd(out_w.as_raw_fd(), 1);
+    assert!(cfg.new_session);
+    let mut tracee = spawn(&cfg).expect("spawn in the old process's context");
+    drop((in_r, out_w));
+    let new_pid = tracee.pid();
+    tracee.resume_all(Restart::Continue).expect("resume");
+    let mut out = LineReader::new(File::from(out_r));
+    let new = read_report(&mut out);
+
+    // What the program sees of itself: everything but its pid and its descriptors (the
+    // caller's to give; the old process has whatever its starter leaked) is the old one's.
+    assert_eq!(new["pid"], new_pid.to_string());
+    assert_eq!(new["fds"], "0,1,2");
+    let context = |m: &HashMap<String, String>| {
+        let mut m = m.clone();
+        m.remove("pid");
+        m.remove("fds");
+        m
+    };
+    assert_eq!(context(&new), context(&old));
+    assert_eq!(
+        new["argv0"], "report-old",
+        "argv0 is the old one's, not the path"
+    );
+    assert_eq!(new["argv1"], "argument");
+    assert_eq!(new["argv2"], "two words");
+
+    // What the kernel says, byte for byte where it can.
+    let raw = |pid: Pid, file: &str| tracer::procfs::read_bytes(pid, file).expect(file);
+    assert_eq!(
+        raw(new_pid, "environ"),
+        raw(old_pid, "environ"),
+        "environment"
+    );
+    assert_eq!(raw(new_pid, "cmdline"), raw(old_pid, "cmdline"), "argv");
+    assert_eq!(
+        raw(new_pid, "limits"),
+        raw(old_pid, "limits"),
+        "every rlimit"
+    );
+    for key in ["Uid", "Gid", "Groups", "Umask"] {
+        assert_eq!(
+            status_line(new_pid, key),
+            status_line(old_pid, key),
+            "{key}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{new_pid}/cwd")).unwrap(),
+        std::fs::read_link(format!("/proc/{old_pid}/cwd")).unwrap()
+    );
+    assert_eq!(unified_cgroup_of(new_pid), unified_cgroup_of(old_pid));
+
+    // Not in our session: it leads a new one.
+    assert_eq!(session_of(new_pid), new_pid.as_raw());
+    assert_ne!(session_of(new_pid), our_session);
+}
+
+#[test]
+fn new_session_is_asked_for_and_otherwise_ours() {
+    let our_session = nix::unistd::getsid(None).expect("getsid").as_raw();
+    for new_session in [false, true] {
+        let (in_r, _in_w) = pipe();
+        let (out_r, out_w) = pipe();
+        let mut cfg = SpawnConfig::new(fixtures::path("report"))
+            .fd(in_r.as_raw_fd(), 0)
+            .fd(out_w.as_raw_fd(), 1);
+        if new_session {
+            cfg = cfg.new_session();
+        }
+        let mut tracee = spawn(&cfg).expect("spawn report");
+        drop((in_r, out_w));
+        tracee.resume_all(Restart::Continue).expect("resume");
+        let f = read_report(&mut LineReader::new(File::from(out_r)));
+        let pid = tracee.pid();
+        assert_eq!(f["pid"], pid.to_string());
+        let expected = if new_session {
+            pid.as_raw()
+        } else {
+            our_session
+        };
+        assert_eq!(session_of(pid), expected, "new_session={new_session}");
+    }
+}
+
+#[test]
+fn in_context_starts_the_program_in_the_old_process_cgroup() {
+    // Declared first, dropped last: removed only after both processes are reaped.
+    let Some(cgroup) = TestCgroup::below_ours("ctx") else {
+        return;
+    };
+    let (mut old, _) = fixtures::Fixture::start_ready("report", &[]);
+    cgroup
+        .write("cgroup.procs", &old.pid().to_string())
+        .expect("move the old process into the test cgroup");
+    assert_eq!(unified_cgroup_of(old.pid()), cgroup.path);
+    assert_ne!(own_unified_cgroup().as_deref(), Some(cgroup.path.as_str()));
+
+    let ctx = tracer::procfs::exec_context(old.pid()).expect("exec_context");
+    assert_eq!(ctx.unified_cgroup(), Some(cgroup.path.as_str()));
+    let (in_r, _in_w) = pipe();
+    let (out_r, out_w) = pipe();
+    let cfg = SpawnConfig::in_context(fixtures::path("report"), &ctx)
+        .fd(in_r.as_raw_fd(), 0)
+        .fd(out_w.as_raw_fd(), 1);
+    let mut tracee = spawn(&cfg).expect("spawn in the old process's cgroup");
+    drop((in_r, out_w));
+    // Stopped at its exec event, before its first instruction: it is there already.
+    assert_eq!(unified_cgroup_of(tracee.pid()), cgroup.path);
+    tracee.resume_all(Restart::Continue).expect("resume");
+    let f = read_report(&mut LineReader::new(File::from(out_r)));
+    assert_eq!(f["pid"], tracee.pid().to_string());
+    let procs = std::fs::read_to_string(cgroup.dir.join("cgroup.procs")).unwrap();
+    let procs: BTreeSet<&str> = procs.lines().collect();
+    let (a, b) = (old.pid().to_string(), tracee.pid().to_string());
+    assert_eq!(procs, BTreeSet::from([a.as_str(), b.as_str()]));
+
+    drop(tracee);
+    old.send("exit");
+    assert!(old.wait_exit(LINE_TIMEOUT).success());
+    drop(old);
+    cgroup.remove();
+}
+
+#[test]
+fn a_cgroup_that_takes_no_processes_is_a_spawn_error_and_leaves_no_zombie() {
+    // cgroup-v2.rst: once a child of `top` is threaded, its domain siblings become "domain
+    // invalid" and refuse processes (EOPNOTSUPP): the write after the fork fails.
+    let Some(top) = TestCgroup::below_ours("invalid") else {
+        return;
+    };
+    let Some(threaded) = TestCgroup::create(&top.path, "threaded") else {
+        return;
+    };
+    let Some(invalid) = TestCgroup::create(&top.path, "invalid") else {
+        return;
+    };
+    threaded
+        .write("cgroup.type", "threaded")
+        .expect("make a threaded cgroup");
+    let kind = std::fs::read_to_string(invalid.dir.join("cgroup.type")).unwrap();
+    assert_eq!(kind.trim(), "domain invalid");
+
+    let before = children_of_this_thread();
+    let err = spawn(&SpawnConfig::new(fixtures::path("report")).cgroup(&invalid.path))
+        .expect_err("spawn must fail");
+    let (f, _) = failure(&err);
+    assert_eq!((f.step, f.errno), (SpawnStep::Cgroup, libc::EOPNOTSUPP));
+    let procs = invalid.dir.join("cgroup.procs");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!(
+            "moving the child into cgroup {}: writing pid ",
+            invalid.path
+        )) && msg.contains(&format!("to {}", procs.display()))
+            && msg.contains("Operation not supported"),
+        "{msg}"
+    );
+    assert_eq!(children_of_this_thread(), before, "the child was reaped");
+    assert_eq!(std::fs::read_to_string(&procs).unwrap(), "");
+
+    invalid.remove();
+    threaded.remove();
+    top.remove();
+}
+
+#[test]
+fn a_missing_cgroup_is_refused_before_forking() {
+    let ours = own_unified_cgroup().expect("this process has a unified cgroup");
+    let missing = format!(
+        "{}/transplant-no-such-cgroup-{}",
+        ours.trim_end_matches('/'),
+        std::process::id()
+    );
+    let before = children_of_this_thread();
+    let err = spawn(&SpawnConfig::new(fixtures::path("report")).cgroup(&missing))
+        .expect_err("spawn must fail");
+    let (f, kind) = failure(&err);
+    assert_eq!((f.step, f.errno), (SpawnStep::Cgroup, libc::ENOENT));
+    assert_eq!(kind, std::io::ErrorKind::NotFound);
+    assert!(
+        err.to_string()
+            .contains(&format!("moving the child into cgroup {missing}: ")),
+        "{err}"
+    );
+    assert_eq!(children_of_this_thread(), before);
+}
+
+#[test]
+fn the_callers_own_cgroup_is_not_written() {
+    // Our own cgroup, spelled as /proc names it, is where the child is born: no write, so it
+    // works even where its cgroup.procs is not ours to write.
+    let ours = own_unified_cgroup().expect("this process has a unified cgroup");
+    let (in_r, _in_w) = pipe();
+    let (out_r, out_w) = pipe();
+    let cfg = SpawnConfig::new(fixtures::path("report"))
+        .cgroup(&ours)
+        .fd(in_r.as_raw_fd(), 0)
+        .fd(out_w.as_raw_fd(), 1);
+    let mut tracee = spawn(&cfg).expect("spawn in our own cgroup");
+    drop((in_r, out_w));
+    assert_eq!(unified_cgroup_of(tracee.pid()), ours);
+    tracee.resume_all(Restart::Continue).expect("resume");
+    let f = read_report(&mut LineReader::new(File::from(out_r)));
+    assert_eq!(f["pid"], tracee.pid().to_string());
+}
