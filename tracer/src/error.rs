@@ -159,6 +159,20 @@ pub enum Error {
         errno: nix::Error,
     },
 
+    /// Passing descriptors into a process, or rebuilding an epoll set in it, found something no
+    /// single system call reports: a request that cannot be met (a target number given twice), a
+    /// channel that is not where we were told, a truncated or foreign message, a registration
+    /// whose file is not at its number in the process.
+    #[error("descriptor {fd} of process {pid}: {detail}")]
+    FdTransfer {
+        /// The process receiving descriptors.
+        pid: Pid,
+        /// The descriptor number concerned, in that process.
+        fd: i32,
+        /// What was wrong.
+        detail: String,
+    },
+
     /// A symbol could not be resolved in the process's loaded objects.
     #[error("symbol `{name}` not found in process {pid}")]
     SymbolNotFound {

@@ -10,6 +10,7 @@
 pub mod addr;
 pub mod error;
 pub mod fd;
+pub mod fdpass;
 pub mod mem;
 pub mod procfs;
 pub mod ptrace;
