@@ -11,3 +11,5 @@ pub mod inspect;
 pub mod mapping;
 pub mod state;
 pub mod transfer;
+pub mod update;
+pub mod verify;
