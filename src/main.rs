@@ -17,6 +17,25 @@ struct Cli {
     /// The new version of its program (an ELF binary with debug information).
     #[arg(long, requires = "pid")]
     to: Option<std::path::PathBuf>,
+    /// A rules file (TOML) for renames, dropped state, defaults and value conversions.
+    #[arg(long, requires = "pid")]
+    rules: Option<std::path::PathBuf>,
+    /// Seconds to wait until every thread is at a quiescent point.
+    #[arg(long, default_value_t = 10.0, requires = "pid")]
+    timeout: f64,
+    /// Hold the process (and the new version) at this function instead of at a quiescent
+    /// system call.
+    #[arg(long, value_name = "FUNCTION", requires = "pid")]
+    at: Option<String>,
+    /// Skip the time-traveling check (the reverse transfer and comparison).
+    #[arg(long, requires = "pid")]
+    no_verify: bool,
+    /// Do not print values in differences (for sensitive data).
+    #[arg(long, requires = "pid")]
+    no_values: bool,
+    /// Print the update's report as JSON.
+    #[arg(long, requires = "pid")]
+    json: bool,
     /// Log verbosity (`-v` info, `-vv` debug, `-vvv` trace); `RUST_LOG` overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
@@ -85,7 +104,16 @@ fn main() -> ExitCode {
             rules: rules.clone(),
             json: *json,
         }),
-        (None, Some(pid)) => cli::update::run(pid, cli.to.as_deref().expect("clap requires --to")),
+        (None, Some(pid)) => cli::update::run(cli::update::Config {
+            pid,
+            to: cli.to.clone().expect("clap requires --to"),
+            rules: cli.rules.clone(),
+            timeout: cli.timeout,
+            at: cli.at.clone(),
+            no_verify: cli.no_verify,
+            no_values: cli.no_values,
+            json: cli.json,
+        }),
         (None, None) => {
             use clap::CommandFactory;
             let _ = Cli::command().print_help();

@@ -290,7 +290,9 @@ pub fn capture_stopped(tracee: &tracer::Tracee) -> Result<LiveCapture, CaptureEr
 }
 
 /// What a capture needs that can be had while the process runs: debug info, malloc's place.
-struct Prepared {
+/// The update prepares each process's capture before it stops the old process, so that
+/// loading debug info never counts as downtime.
+pub struct Prepared {
     pid: Pid,
     binary: std::sync::Arc<crate::debuginfo::Binary>,
     bias: u64,
@@ -307,14 +309,33 @@ struct Copy {
 }
 
 impl Prepared {
-    fn new(pid: Pid) -> Result<Self, CaptureError> {
-        let proc_err = |source| CaptureError::Process { pid, source };
+    /// Loads the debug info of process `pid`'s executable and locates its malloc, without
+    /// stopping it.
+    pub fn new(pid: Pid) -> Result<Self, CaptureError> {
         let t0 = std::time::Instant::now();
         let exe = exe_path(pid);
         let binary = std::sync::Arc::new(
             crate::debuginfo::Binary::load(&exe)
                 .map_err(|source| CaptureError::DebugInfo { pid, source })?,
         );
+        Self::finish(pid, binary, t0)
+    }
+
+    /// As [`Prepared::new`], with the executable's model already loaded (it must be the
+    /// executable process `pid` runs).
+    pub fn with_binary(
+        pid: Pid,
+        binary: std::sync::Arc<crate::debuginfo::Binary>,
+    ) -> Result<Self, CaptureError> {
+        Self::finish(pid, binary, std::time::Instant::now())
+    }
+
+    fn finish(
+        pid: Pid,
+        binary: std::sync::Arc<crate::debuginfo::Binary>,
+        t0: std::time::Instant,
+    ) -> Result<Self, CaptureError> {
+        let proc_err = |source| CaptureError::Process { pid, source };
         let located = crate::heap::GlibcHeap::locate_or_degraded(pid)?;
         let main = tracer::symbols::loaded_objects(pid)
             .map_err(proc_err)?
@@ -335,6 +356,18 @@ impl Prepared {
             located,
             prepare: t0.elapsed(),
         })
+    }
+
+    /// The executable's model.
+    pub fn binary(&self) -> &std::sync::Arc<crate::debuginfo::Binary> {
+        &self.binary
+    }
+
+    /// Captures the process, which the caller holds stopped as `tracee`.
+    pub fn capture(self, tracee: &tracer::Tracee) -> Result<LiveCapture, CaptureError> {
+        let t1 = std::time::Instant::now();
+        let copy = self.copy(tracee)?;
+        self.build(copy, t1.elapsed())
     }
 
     fn copy(&self, tracee: &tracer::Tracee) -> Result<Copy, CaptureError> {

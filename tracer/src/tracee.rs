@@ -802,6 +802,10 @@ impl Tracee {
 
 impl Drop for Tracee {
     fn drop(&mut self) {
+        if self.done {
+            // Already detached, killed or reaped.
+            return;
+        }
         let r = match self.origin {
             Origin::Seized => self.detach_inner(),
             Origin::Spawned => self.kill_inner().map(|_| ()),

@@ -1,0 +1,143 @@
+//! Faults injected into an update on purpose: to prove, in tests and experiments, that every
+//! failure ends with the old process running as before. Each fault is real where it can be:
+//! a crash is an instruction that faults inside the spawned process's own `malloc`, a hang is
+//! a loop there, a difference is a byte changed in the reversed process's memory, an exit is
+//! a `SIGKILL`.
+
+use serde::Serialize;
+use tracer::{Pid, RemoteAddr, Tracee};
+
+use crate::debuginfo::Binary;
+use crate::transfer::{Applied, Plan};
+
+/// Where in the transaction a fault strikes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Point {
+    /// Just before the old process is seized and quiesced: it still runs freely.
+    Quiesce,
+    /// While capturing the old state.
+    Capture,
+    /// During the forward transfer, in the future.
+    Forward,
+    /// During the reverse transfer, in the reversed process.
+    Reverse,
+    /// Between the reverse transfer and the comparison.
+    Compare,
+}
+
+/// One fault.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Injection {
+    /// The capture of the old state fails.
+    CaptureError,
+    /// The spawned process crashes in its `malloc` (an `hlt`, privileged: `SIGSEGV`).
+    Crash {
+        /// In which transfer.
+        at: Point,
+    },
+    /// The spawned process hangs in its `malloc` (a jump to itself).
+    Hang {
+        /// In which transfer.
+        at: Point,
+    },
+    /// A byte of global `variable` of the reversed process is flipped before the comparison:
+    /// a difference the time-traveling check must catch.
+    FlipGlobal {
+        /// The global's name.
+        variable: String,
+    },
+    /// The old process is killed (`SIGKILL`) at `at`, and has exited before the update goes
+    /// on: a process that exits during the update. Needs the caller to be the old process's
+    /// parent or tracer (to wait for its exit): a test's fixture, or any point after
+    /// [`Point::Quiesce`].
+    KillOld {
+        /// When.
+        at: Point,
+    },
+}
+
+impl Injection {
+    /// Where it strikes.
+    pub fn point(&self) -> Point {
+        match self {
+            Injection::CaptureError => Point::Capture,
+            Injection::Crash { at } | Injection::Hang { at } | Injection::KillOld { at } => *at,
+            Injection::FlipGlobal { .. } => Point::Compare,
+        }
+    }
+
+    /// The error of a phase that fails outright.
+    pub(crate) fn fail_here(&self) -> anyhow::Error {
+        anyhow::anyhow!("injected fault: {self:?}")
+    }
+
+    /// For [`Injection::KillOld`]: kills process `old` and waits until it has exited, without
+    /// reaping it (`waitid` with `WNOWAIT`): it stays for its parent to reap, and whatever the
+    /// update does next finds it gone, not dying. Other faults do nothing here.
+    pub(crate) fn kill_old(&self, old: Pid) -> anyhow::Result<()> {
+        use nix::sys::wait::{waitid, Id, WaitPidFlag};
+        if !matches!(self, Injection::KillOld { .. }) {
+            return Ok(());
+        }
+        nix::sys::signal::kill(old, nix::sys::signal::Signal::SIGKILL)
+            .map_err(|e| anyhow::anyhow!("injected fault: kill process {old}: {e}"))?;
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::__WALL;
+        loop {
+            match waitid(Id::Pid(old), flags) {
+                Ok(_) => return Ok(()),
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => {
+                    return Err(anyhow::anyhow!(
+                        "injected fault: wait for process {old} to exit (are we its parent or \
+                         tracer?): {e}"
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Before a transfer's remote calls: plant the crash or the hang in the target's `malloc`.
+    pub(crate) fn before_apply(&self, target: &Tracee, malloc: RemoteAddr) -> anyhow::Result<()> {
+        match self {
+            // hlt is privileged: executing it in user mode raises SIGSEGV.
+            Injection::Crash { .. } => target.poke(malloc, &[0xf4])?,
+            // jmp -2: malloc never returns.
+            Injection::Hang { .. } => target.poke(malloc, &[0xeb, 0xfe])?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// After a transfer's remote calls.
+    pub(crate) fn after_apply(
+        &self,
+        _target: &Tracee,
+        _plan: &Plan,
+        _applied: &Applied,
+    ) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Before the comparison: change the reversed process's state.
+    pub(crate) fn corrupt(&self, reversed: &Tracee, binary: &Binary) -> anyhow::Result<()> {
+        let Injection::FlipGlobal { variable } = self else {
+            return Ok(());
+        };
+        let var = binary
+            .variables()
+            .iter()
+            .find(|v| &v.name == variable)
+            .ok_or_else(|| anyhow::anyhow!("injected fault: no global `{variable}`"))?;
+        let main = tracer::symbols::loaded_objects(reversed.pid())?
+            .into_iter()
+            .find(|o| o.role == tracer::symbols::ObjectRole::Main)
+            .ok_or_else(|| anyhow::anyhow!("no main executable mapping"))?;
+        let addr = RemoteAddr::new(binary.load_bias(main.base.get()) + var.address);
+        let mut byte = [0u8; 1];
+        tracer::Memory::read(reversed.memory(), addr, &mut byte)?;
+        reversed.poke(addr, &[byte[0] ^ 1])?;
+        Ok(())
+    }
+}
