@@ -64,6 +64,19 @@ pub(super) struct Layouts<'a> {
     types: &'a Types,
     exclude: &'a Exclusions,
     cache: HashMap<TypeId, Rc<Layout>>,
+    /// What a heap object of each type (by unstripped id) needs, filled as met: a million
+    /// objects of a handful of types look it up a million times.
+    objects: Vec<Option<ObjectType>>,
+}
+
+/// How a heap object of one type is compared.
+#[derive(Clone, Debug)]
+pub(super) struct ObjectType {
+    /// Element size (0 when unknown).
+    pub esize: u64,
+    /// A character type: the object is compared and shown as a string.
+    pub chars: bool,
+    pub layout: Rc<Layout>,
 }
 
 /// Whether a 1-byte type is a character (compared and shown as a string in arrays).
@@ -85,7 +98,24 @@ impl<'a> Layouts<'a> {
             types,
             exclude,
             cache: HashMap::new(),
+            objects: vec![None; types.len()],
         }
+    }
+
+    /// How to compare a heap object of type `ty`.
+    pub fn object(&mut self, ty: TypeId) -> ObjectType {
+        if let Some(Some(t)) = self.objects.get(ty.index()) {
+            return t.clone();
+        }
+        let t = ObjectType {
+            esize: self.types.byte_size(ty).unwrap_or(0),
+            chars: is_char(self.types, ty),
+            layout: self.of(ty),
+        };
+        if let Some(slot) = self.objects.get_mut(ty.index()) {
+            *slot = Some(t.clone());
+        }
+        t
     }
 
     /// The type with typedefs, qualifiers and declarations looked through.

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use super::layout::{is_char, Kind, Layout, Layouts};
+use super::layout::{Kind, Layout, Layouts};
 use super::render::{self, PathWriter};
 use super::{Difference, Exclusions, Report, MAX_LISTED};
 use crate::debuginfo::{Binary, TypeId};
@@ -11,46 +11,89 @@ use crate::state::{ObjectKind, StateGraph, Target};
 /// No object / no edge.
 const NONE: u32 = u32::MAX;
 
-/// The edges of each object sorted by offset: one counting sort instead of a scan of all
-/// edges per object ([`StateGraph::edges_from`] is linear).
+/// Where an edge leads, in 16 bytes: an [`crate::state::Edge`] is ~200 bytes, and a million
+/// of them read at random is what a walk would otherwise spend its time on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tgt {
+    Object { id: u32, offset: u64 },
+    External,
+    Dangling,
+}
+
+/// The edges of each object sorted by offset, compactly: one pass over the graph's edges,
+/// then a counting sort ([`StateGraph::edges_from`] is linear per object).
 struct EdgeIndex {
-    /// `order[start[i]..start[i + 1]]` are the edges of object `i`.
+    /// Positions `start[i]..start[i + 1]` are the edges of object `i`.
     start: Vec<u32>,
-    order: Vec<u32>,
+    /// Per position: the edge's index in [`StateGraph::edges`], offset and target.
+    edge: Vec<u32>,
+    offset: Vec<u64>,
+    target: Vec<Tgt>,
 }
 
 impl EdgeIndex {
     fn new(g: &StateGraph) -> Self {
         let n = g.objects.len();
+        let m = g.edges.len();
+        let (mut from, mut off, mut tgt) = (
+            Vec::with_capacity(m),
+            Vec::with_capacity(m),
+            Vec::with_capacity(m),
+        );
         let mut start = vec![0u32; n + 1];
         for e in &g.edges {
-            if let Some(c) = start.get_mut(e.from.index() + 1) {
-                *c += 1;
+            let f = e.from.0.min(n as u32);
+            from.push(f);
+            off.push(e.offset);
+            tgt.push(match e.target {
+                Target::Object { id, offset } => Tgt::Object { id: id.0, offset },
+                Target::External(_) => Tgt::External,
+                Target::Dangling { .. } => Tgt::Dangling,
+            });
+            if (f as usize) < n {
+                start[f as usize + 1] += 1;
             }
         }
         for i in 0..n {
             start[i + 1] += start[i];
         }
+        let total = start[n] as usize;
         let mut fill = start.clone();
-        let mut order = vec![0u32; start[n] as usize];
-        for (k, e) in g.edges.iter().enumerate() {
-            let i = e.from.index();
-            if i < n {
-                order[fill[i] as usize] = k as u32;
-                fill[i] += 1;
+        let mut idx = EdgeIndex {
+            edge: vec![0; total],
+            offset: vec![0; total],
+            target: vec![Tgt::Dangling; total],
+            start,
+        };
+        for k in 0..m {
+            let f = from[k] as usize;
+            if f < n {
+                let p = fill[f] as usize;
+                fill[f] += 1;
+                idx.edge[p] = k as u32;
+                idx.offset[p] = off[k];
+                idx.target[p] = tgt[k];
             }
         }
         for i in 0..n {
-            let s = &mut order[start[i] as usize..start[i + 1] as usize];
-            if !s.is_sorted_by_key(|&k| g.edges[k as usize].offset) {
-                s.sort_by_key(|&k| g.edges[k as usize].offset);
+            let (a, b) = (idx.start[i] as usize, idx.start[i + 1] as usize);
+            if !idx.offset[a..b].is_sorted() {
+                let mut v: Vec<(u64, u32, Tgt)> = (a..b)
+                    .map(|p| (idx.offset[p], idx.edge[p], idx.target[p]))
+                    .collect();
+                v.sort_by_key(|x| (x.0, x.1));
+                for (p, (o, e, t)) in (a..b).zip(v) {
+                    idx.offset[p] = o;
+                    idx.edge[p] = e;
+                    idx.target[p] = t;
+                }
             }
         }
-        EdgeIndex { start, order }
+        idx
     }
 
-    /// Positions in `order` of the edges of object `id` with offsets in `[from, to)`.
-    fn range(&self, g: &StateGraph, id: u32, from: u64, to: u64) -> (usize, usize) {
+    /// Positions of the edges of object `id` with offsets in `[from, to)`.
+    fn range(&self, id: u32, from: u64, to: u64) -> (usize, usize) {
         let (a, b) = (
             self.start[id as usize] as usize,
             self.start[id as usize + 1] as usize,
@@ -58,10 +101,9 @@ impl EdgeIndex {
         if a == b {
             return (a, a);
         }
-        let s = &self.order[a..b];
-        let off = |k: &u32| g.edges[*k as usize].offset;
-        let lo = s.partition_point(|k| off(k) < from);
-        let hi = lo + s[lo..].partition_point(|k| off(k) < to);
+        let s = &self.offset[a..b];
+        let lo = s.partition_point(|&o| o < from);
+        let hi = lo + s[lo..].partition_point(|&o| o < to);
         (a + lo, a + hi)
     }
 }
@@ -160,14 +202,20 @@ impl<'a> Differ<'a> {
         rev: &'a StateGraph,
         exclude: &'a Exclusions,
     ) -> Self {
+        // The two indexes are independent, and this runs while the old process is stopped.
+        let (oe, re) = std::thread::scope(|s| {
+            let r = s.spawn(|| EdgeIndex::new(rev));
+            let o = EdgeIndex::new(old);
+            (o, r.join().expect("indexing edges does not panic"))
+        });
         Differ {
             binary,
             old,
             rev,
             exclude,
             layouts: Layouts::new(binary.types(), exclude),
-            oe: EdgeIndex::new(old),
-            re: EdgeIndex::new(rev),
+            oe,
+            re,
             o2r: vec![NONE; old.objects.len()],
             r2o: vec![NONE; rev.objects.len()],
             parent: vec![(NONE, NONE); old.objects.len()],
@@ -292,29 +340,30 @@ impl<'a> Differ<'a> {
         self.cur_r = r;
         self.lim = oo.bytes.len().min(ro.bytes.len()) as u64;
         let root = Ctx::ROOT;
+        let var = match &oo.kind {
+            ObjectKind::Global { var, .. } => self.binary.variables().get(*var),
+            ObjectKind::Heap => None,
+        };
+        if var.is_some_and(|v| self.exclude.global_excluded(v)) {
+            self.seed(0, u64::MAX);
+            self.excluded += 1;
+            return;
+        }
         self.objects += 1;
         let extent = match &oo.kind {
-            ObjectKind::Global { var, .. } => {
-                let Some(v) = self.binary.variables().get(*var) else {
-                    self.range(0, oo.size, &root, Render::Raw);
-                    return;
-                };
-                if self.exclude.global_excluded(v) {
-                    self.seed(0, u64::MAX);
-                    self.excluded += 1;
-                    return;
+            ObjectKind::Global { .. } => {
+                match var.filter(|v| v.size.is_some()) {
+                    Some(v) => {
+                        let layout = match self.exclude.global_tail(v) {
+                            Some(keep) => self.layouts.truncated(v.ty, keep),
+                            None => self.layouts.of(v.ty),
+                        };
+                        self.walk(&layout, 0, oo.size, &root);
+                    }
+                    // A type of unknown size (or a graph that does not fit the binary).
+                    None => self.range(0, oo.size, &root, Render::Raw),
                 }
-                if v.size.is_none() {
-                    self.range(0, oo.size, &root, Render::Raw);
-                    oo.size
-                } else {
-                    let layout = match self.exclude.global_tail(v) {
-                        Some(keep) => self.layouts.truncated(v.ty, keep),
-                        None => self.layouts.of(v.ty),
-                    };
-                    self.walk(&layout, 0, oo.size, &root);
-                    oo.size
-                }
+                oo.size
             }
             ObjectKind::Heap => self.compare_heap(o, r),
         };
@@ -331,13 +380,13 @@ impl<'a> Differ<'a> {
         }
         // Pointers in bytes that were not compared (the slack of a larger reversed chunk)
         // lead to objects that are not expected to pair.
-        let (lo, hi) = self.re.range(self.rev, r, extent, u64::MAX);
+        let (lo, hi) = self.re.range(r, extent, u64::MAX);
         for k in lo..hi {
-            self.seed_edge(false, self.re.order[k]);
+            self.seed_edge(false, k);
         }
-        let (lo, hi) = self.oe.range(self.old, o, extent, u64::MAX);
+        let (lo, hi) = self.oe.range(o, extent, u64::MAX);
         for k in lo..hi {
-            self.seed_edge(true, self.oe.order[k]);
+            self.seed_edge(true, k);
         }
     }
 
@@ -356,17 +405,18 @@ impl<'a> Differ<'a> {
             self.range(0, oo.size, &root, Render::Raw);
             return oo.size;
         };
-        let esize = self.binary.byte_size(ty).unwrap_or(0);
+        let t = self.layouts.object(ty);
+        let esize = t.esize;
         if esize == 0 {
             self.range(0, oo.size, &root, Render::Raw);
             return oo.size;
         }
         let count = oo.count.max(1);
-        if is_char(self.binary.types(), ty) {
+        if t.chars {
             self.range(0, count, &root, Render::Chars);
             return count;
         }
-        let layout = self.layouts.of(ty);
+        let layout = t.layout;
         let extent = if layout.flexible && count == 1 {
             oo.size
         } else {
@@ -394,8 +444,8 @@ impl<'a> Differ<'a> {
         if from >= to {
             return true;
         }
-        let (a, b) = self.oe.range(self.old, self.cur_o, from, to);
-        let (c, d) = self.re.range(self.rev, self.cur_r, from, to);
+        let (a, b) = self.oe.range(self.cur_o, from, to);
+        let (c, d) = self.re.range(self.cur_r, from, to);
         a == b && c == d && {
             let (f, t) = (from as usize, to as usize);
             self.old.objects[self.cur_o as usize].bytes[f..t]
@@ -451,6 +501,9 @@ impl<'a> Differ<'a> {
         ctx: &Ctx<'_>,
         path: &str,
     ) {
+        // Elements past the bytes both sides have cannot be compared (a size difference is
+        // reported for the object); stopping there also bounds a count from bad DWARF.
+        let count = count.min(self.lim.saturating_sub(at).div_ceil(stride.max(1)));
         if self.same_plain(at, at + count * stride) {
             return;
         }
@@ -467,23 +520,25 @@ impl<'a> Differ<'a> {
     /// Marks what the edges in `[from, to)` of the current pair lead to as reached through
     /// excluded state.
     fn seed(&mut self, from: u64, to: u64) {
-        let (lo, hi) = self.oe.range(self.old, self.cur_o, from, to);
+        let (lo, hi) = self.oe.range(self.cur_o, from, to);
         for k in lo..hi {
-            self.seed_edge(true, self.oe.order[k]);
+            self.seed_edge(true, k);
         }
-        let (lo, hi) = self.re.range(self.rev, self.cur_r, from, to);
+        let (lo, hi) = self.re.range(self.cur_r, from, to);
         for k in lo..hi {
-            self.seed_edge(false, self.re.order[k]);
+            self.seed_edge(false, k);
         }
     }
 
-    fn seed_edge(&mut self, old_side: bool, edge: u32) {
-        let g = if old_side { self.old } else { self.rev };
-        if let Target::Object { id, .. } = g.edges[edge as usize].target {
+    /// Notes what the edge at position `pos` of a side's index leads to as reached through
+    /// excluded (or not compared) state.
+    fn seed_edge(&mut self, old_side: bool, pos: usize) {
+        let idx = if old_side { &self.oe } else { &self.re };
+        if let Tgt::Object { id, .. } = idx.target[pos] {
             if old_side {
-                self.seeds_old.push(id.0);
+                self.seeds_old.push(id);
             } else {
-                self.seeds_rev.push(id.0);
+                self.seeds_rev.push(id);
             }
         }
     }
@@ -511,16 +566,16 @@ impl<'a> Differ<'a> {
         if from >= to {
             return;
         }
-        let (mut i, oi) = self.oe.range(self.old, self.cur_o, from, to);
-        let (mut j, rj) = self.re.range(self.rev, self.cur_r, from, to);
+        let (mut i, oi) = self.oe.range(self.cur_o, from, to);
+        let (mut j, rj) = self.re.range(self.cur_r, from, to);
         if i == oi && j == rj {
             self.plain(from, to, from, ctx, how);
             return;
         }
         let mut cursor = from;
         loop {
-            let po = (i < oi).then(|| self.old.edges[self.oe.order[i] as usize].offset);
-            let pr = (j < rj).then(|| self.rev.edges[self.re.order[j] as usize].offset);
+            let po = (i < oi).then(|| self.oe.offset[i]);
+            let pr = (j < rj).then(|| self.re.offset[j]);
             let p = match (po, pr) {
                 (None, None) => break,
                 (Some(a), Some(b)) => a.min(b),
@@ -529,11 +584,11 @@ impl<'a> Differ<'a> {
             };
             let eo = (po == Some(p)).then(|| {
                 i += 1;
-                self.oe.order[i - 1]
+                i - 1
             });
             let er = (pr == Some(p)).then(|| {
                 j += 1;
-                self.re.order[j - 1]
+                j - 1
             });
             if p < cursor {
                 continue; // overlaps the previous pointer word
@@ -583,12 +638,13 @@ impl<'a> Differ<'a> {
         }
     }
 
-    /// Compares the pointer word at `at`, with old edge `eo` and reversed edge `er`.
+    /// Compares the pointer word at `at`, with the old edge at position `eo` of the old
+    /// index and the reversed edge at `er`.
     fn pointer(
         &mut self,
         at: u64,
-        eo: Option<u32>,
-        er: Option<u32>,
+        eo: Option<usize>,
+        er: Option<usize>,
         leaf: u64,
         ctx: &Ctx<'_>,
         how: Render,
@@ -598,24 +654,17 @@ impl<'a> Differ<'a> {
                 let end = (at + 8).min(self.lim);
                 return self.plain(at, end, leaf, ctx, how);
             }
-            (Some(a), Some(b)) => {
-                let (ta, tb) = (
-                    &self.old.edges[a as usize].target,
-                    &self.rev.edges[b as usize].target,
-                );
-                match (ta, tb) {
-                    (
-                        Target::Object { id: x, offset: ox },
-                        Target::Object { id: y, offset: oy },
-                    ) => {
-                        let (x, y, same_offset) = (x.0, y.0, ox == oy);
-                        self.pair(x, y, a) && same_offset
-                    }
-                    (Target::External(x), Target::External(y)) => x == y,
-                    (Target::Dangling { .. }, Target::Dangling { .. }) => true,
-                    _ => false,
+            (Some(a), Some(b)) => match (self.oe.target[a], self.re.target[b]) {
+                (Tgt::Object { id: x, offset: ox }, Tgt::Object { id: y, offset: oy }) => {
+                    self.pair(x, y, self.oe.edge[a]) && ox == oy
                 }
-            }
+                (Tgt::External, Tgt::External) => {
+                    let (ea, eb) = (self.oe.edge[a] as usize, self.re.edge[b] as usize);
+                    self.old.edges[ea].target == self.rev.edges[eb].target
+                }
+                (Tgt::Dangling, Tgt::Dangling) => true,
+                _ => false,
+            },
             _ => false,
         };
         if same {
@@ -628,8 +677,14 @@ impl<'a> Differ<'a> {
             self.found(
                 ctx,
                 off,
-                Val::Pointer { edge: eo, raw: wo },
-                Val::Pointer { edge: er, raw: wr },
+                Val::Pointer {
+                    edge: eo.map(|p| self.oe.edge[p]),
+                    raw: wo,
+                },
+                Val::Pointer {
+                    edge: er.map(|p| self.re.edge[p]),
+                    raw: wr,
+                },
             );
         }
     }
@@ -837,12 +892,12 @@ fn reach(g: &StateGraph, idx: &EdgeIndex, paired: &[u32], seeds: Vec<u32>) -> Ve
             idx.start[x as usize] as usize,
             idx.start[x as usize + 1] as usize,
         );
-        for &k in &idx.order[a..b] {
-            if let Target::Object { id, .. } = g.edges[k as usize].target {
-                let i = id.index();
+        for t in &idx.target[a..b] {
+            if let Tgt::Object { id, .. } = *t {
+                let i = id as usize;
                 if i < seen.len() && !seen[i] && paired[i] == NONE {
                     seen[i] = true;
-                    stack.push(id.0);
+                    stack.push(id);
                 }
             }
         }
