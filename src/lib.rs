@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod debuginfo;
+pub mod faults;
 pub mod heap;
 pub mod inspect;
 pub mod mapping;

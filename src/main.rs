@@ -59,6 +59,39 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run many update transactions against a live process, each with one injected fault,
+    /// never committing; classify what caught each fault. Exit status 0 when the old process
+    /// survived every run and no undetected fault harmed state the round trip covers.
+    Faults {
+        /// The live process (it keeps running and is never written to).
+        #[arg(long)]
+        pid: i32,
+        /// The new version.
+        #[arg(long)]
+        to: std::path::PathBuf,
+        /// A rules file (TOML), as for an update.
+        #[arg(long)]
+        rules: Option<std::path::PathBuf>,
+        /// How many runs.
+        #[arg(long, default_value_t = 100)]
+        runs: u64,
+        /// The seed: the same seed gives the same faults at the same places.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Fault kinds to draw from (names, or the groups all, forward, reverse, crash, hang);
+        /// comma-separated. Default: all.
+        #[arg(long, value_delimiter = ',')]
+        kinds: Vec<String>,
+        /// Seconds before a call into a spawned process counts as hung.
+        #[arg(long, default_value_t = 1.0)]
+        hang_timeout: f64,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// One line per run on stderr.
+        #[arg(long)]
+        progress: bool,
+    },
     /// Show what changes between two versions of a program and what the update will do about
     /// each change (automatic, by rule, or refused), without touching any process. Exit status:
     /// 0 if nothing is refused, 1 if something is.
@@ -83,6 +116,30 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match (&cli.command, cli.pid) {
         (Some(Command::Demo), _) => cli::demo::run(),
+        (
+            Some(Command::Faults {
+                pid,
+                to,
+                rules,
+                runs,
+                seed,
+                kinds,
+                hang_timeout,
+                json,
+                progress,
+            }),
+            _,
+        ) => cli::faults::run(cli::faults::Config {
+            pid: *pid,
+            to: to.clone(),
+            rules: rules.clone(),
+            runs: *runs,
+            seed: *seed,
+            kinds: kinds.clone(),
+            hang_timeout: *hang_timeout,
+            json: *json,
+            progress: *progress,
+        }),
         (Some(Command::Inspect { pid, heap, json }), _) => {
             cli::inspect::run(cli::inspect::Config {
                 pid: *pid,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use fixtures::{Fixture, LineClient, Load, Reaper};
 use tracer::Pid;
 use transplant::mapping::rules::Rules;
-use transplant::update::inject::Point;
+use transplant::update::inject::{CrashSignal, Point};
 use transplant::update::{update, Config, Injection, Outcome, Phase, Report};
 
 /// What `/proc/PID` shows of a process's descriptors and mappings, to prove nothing was left
@@ -220,6 +220,8 @@ fn forced_failure_in(topic: &str, injection: Injection, phase: Phase) -> Report 
 
     let mut cfg = config(&p, pid);
     cfg.inject = Some(injection);
+    // A hang counts after a second (the default is ten).
+    cfg.call_timeout = std::time::Duration::from_secs(1);
     let report = update(&cfg).expect("no bad input");
     match &report.outcome {
         Outcome::Aborted { phase: at, .. } => assert_eq!(*at, phase, "{report:#?}"),
@@ -259,7 +261,13 @@ fn a_capture_error_aborts_and_the_old_process_serves_on() {
 
 #[test]
 fn a_crash_of_the_future_during_the_transfer_aborts() {
-    let r = forced_failure(Injection::Crash { at: Point::Forward }, Phase::Forward);
+    let r = forced_failure(
+        Injection::Crash {
+            at: Point::Forward,
+            signal: CrashSignal::Segv,
+        },
+        Phase::Forward,
+    );
     let Outcome::Aborted { reason, .. } = &r.outcome else {
         unreachable!()
     };
@@ -268,12 +276,19 @@ fn a_crash_of_the_future_during_the_transfer_aborts() {
 
 #[test]
 fn a_crash_of_the_reversed_process_aborts() {
-    forced_failure(Injection::Crash { at: Point::Reverse }, Phase::Reverse);
+    forced_failure(
+        Injection::Crash {
+            at: Point::Reverse,
+            signal: CrashSignal::Segv,
+        },
+        Phase::Reverse,
+    );
 }
 
 #[test]
 fn a_hang_of_the_future_aborts_after_its_time_limit() {
     let r = forced_failure(Injection::Hang { at: Point::Forward }, Phase::Forward);
+    assert!(r.times_ms.forward >= 1000.0, "{r:#?}");
     let Outcome::Aborted { reason, .. } = &r.outcome else {
         unreachable!()
     };

@@ -7,6 +7,7 @@
 use serde::Serialize;
 use tracer::{Pid, RemoteAddr, Tracee};
 
+use super::corrupt::PlanFault;
 use crate::debuginfo::Binary;
 use crate::transfer::{Applied, Plan};
 
@@ -26,16 +27,44 @@ pub enum Point {
     Compare,
 }
 
+/// How a spawned process is made to crash during a transfer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CrashSignal {
+    /// Its `malloc` executes `hlt`, privileged in user mode: `SIGSEGV`.
+    Segv,
+    /// A `SIGBUS` arrives while it runs the transfer's calls (as from a truncated mapping).
+    Bus,
+    /// Its `malloc` jumps to `abort`: `SIGABRT`.
+    Abort,
+}
+
+impl CrashSignal {
+    /// Every way.
+    pub const ALL: [CrashSignal; 3] = [CrashSignal::Segv, CrashSignal::Bus, CrashSignal::Abort];
+
+    /// `sigsegv`, `sigbus`, `sigabrt`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CrashSignal::Segv => "sigsegv",
+            CrashSignal::Bus => "sigbus",
+            CrashSignal::Abort => "sigabrt",
+        }
+    }
+}
+
 /// One fault.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Injection {
     /// The capture of the old state fails.
     CaptureError,
-    /// The spawned process crashes in its `malloc` (an `hlt`, privileged: `SIGSEGV`).
+    /// The spawned process crashes during the transfer.
     Crash {
         /// In which transfer.
         at: Point,
+        /// How.
+        signal: CrashSignal,
     },
     /// The spawned process hangs in its `malloc` (a jump to itself).
     Hang {
@@ -56,6 +85,15 @@ pub enum Injection {
         /// When.
         at: Point,
     },
+    /// The transfer plan is corrupted: what a buggy transfer would write.
+    Plan {
+        /// Which transfer.
+        at: Point,
+        /// The corruption.
+        fault: PlanFault,
+        /// Where it strikes (a number the campaign draws from its seed).
+        pick: u64,
+    },
 }
 
 impl Injection {
@@ -63,7 +101,10 @@ impl Injection {
     pub fn point(&self) -> Point {
         match self {
             Injection::CaptureError => Point::Capture,
-            Injection::Crash { at } | Injection::Hang { at } | Injection::KillOld { at } => *at,
+            Injection::Crash { at, .. }
+            | Injection::Hang { at }
+            | Injection::KillOld { at }
+            | Injection::Plan { at, .. } => *at,
             Injection::FlipGlobal { .. } => Point::Compare,
         }
     }
@@ -99,15 +140,47 @@ impl Injection {
     }
 
     /// Before a transfer's remote calls: plant the crash or the hang in the target's `malloc`.
-    pub(crate) fn before_apply(&self, target: &Tracee, malloc: RemoteAddr) -> anyhow::Result<()> {
+    pub(crate) fn before_apply(
+        &self,
+        target: &Tracee,
+        symbols: &tracer::symbols::SymbolResolver,
+        malloc: RemoteAddr,
+    ) -> anyhow::Result<()> {
         match self {
             // hlt is privileged: executing it in user mode raises SIGSEGV.
-            Injection::Crash { .. } => target.poke(malloc, &[0xf4])?,
+            Injection::Crash {
+                signal: CrashSignal::Segv,
+                ..
+            } => target.poke(malloc, &[0xf4])?,
+            Injection::Crash {
+                signal: CrashSignal::Bus,
+                ..
+            } => nix::sys::signal::kill(target.pid(), nix::sys::signal::Signal::SIGBUS)?,
+            Injection::Crash {
+                signal: CrashSignal::Abort,
+                ..
+            } => {
+                // movabs rax, abort; jmp rax
+                let abort = symbols.lookup_in("libc.so", "abort")?;
+                let mut code = vec![0x48, 0xb8];
+                code.extend_from_slice(&abort.get().to_le_bytes());
+                code.extend_from_slice(&[0xff, 0xe0]);
+                target.poke(malloc, &code)?;
+            }
             // jmp -2: malloc never returns.
             Injection::Hang { .. } => target.poke(malloc, &[0xeb, 0xfe])?,
             _ => {}
         }
         Ok(())
+    }
+
+    /// Corrupts the plan of the transfer (a copy), for [`Injection::Plan`]; says where it
+    /// struck, or `None` when the plan had no place for the fault.
+    pub(crate) fn corrupt_plan(&self, plan: &mut Plan) -> Option<String> {
+        match self {
+            Injection::Plan { fault, pick, .. } => fault.apply(plan, *pick),
+            _ => None,
+        }
     }
 
     /// After a transfer's remote calls.

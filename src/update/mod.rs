@@ -19,6 +19,7 @@
 //!
 //! Every phase is timed; the [`Report`] says what happened either way.
 
+pub mod corrupt;
 mod fds;
 pub mod inject;
 mod spawned;
@@ -35,6 +36,7 @@ use crate::debuginfo::Binary;
 use crate::mapping::rules::Rules;
 use crate::mapping::Mapping;
 use crate::state::live::{CaptureError, LiveCapture, Prepared};
+use crate::state::StateGraph;
 use crate::transfer::{apply, plan_mapped, read_only_data, Applied, Destination, Plan};
 use crate::verify;
 
@@ -52,9 +54,11 @@ pub struct Config {
     pub rules: Rules,
     /// How long to wait for the old process to be quiescent.
     pub quiesce_timeout: Duration,
-    /// How long a spawned process's start-up, or any one step inside a spawned process, may
-    /// take before it counts as hung.
+    /// How long a spawned process's start-up may take before it counts as hung.
     pub step_timeout: Duration,
+    /// How long one call run inside a spawned process during a transfer (a batch of
+    /// `malloc`s, a system call) may take before it counts as hung.
+    pub call_timeout: Duration,
     /// Hold the processes at this function instead of at a quiescent system call.
     pub at: Option<String>,
     /// Run the time-traveling check (reverse transfer and comparison).
@@ -75,6 +79,7 @@ impl Config {
             rules: Rules::default(),
             quiesce_timeout: Duration::from_secs(10),
             step_timeout: Duration::from_secs(30),
+            call_timeout: tracer::remote::CALL_TIMEOUT,
             at: None,
             verify: true,
             commit: true,
@@ -134,10 +139,24 @@ pub struct Abort {
 impl Abort {
     fn new(phase: Phase, e: impl Into<anyhow::Error>) -> Abort {
         let e: anyhow::Error = e.into();
-        Abort {
-            phase,
-            message: format!("{e:#}"),
+        // Many errors print their source in their own message too (`{path}: {source}`), and
+        // a context may repeat what its cause says first (`process N`): say each thing once.
+        let mut message = e.to_string();
+        let mut last = message.clone();
+        for cause in e.chain().skip(1) {
+            let cause = cause.to_string();
+            if message.ends_with(&cause) {
+                continue;
+            }
+            if cause.starts_with(&last) {
+                message.truncate(message.len() - last.len());
+            } else {
+                message.push_str(": ");
+            }
+            message.push_str(&cause);
+            last = cause;
         }
+        Abort { phase, message }
     }
 }
 
@@ -213,6 +232,9 @@ pub struct Report {
     pub differences_total: u64,
     /// Things worth knowing that did not stop the update.
     pub warnings: Vec<String>,
+    /// Where an injected fault struck (tests and fault campaigns).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<String>,
 }
 
 impl Report {
@@ -233,6 +255,7 @@ impl Report {
             differences: Vec::new(),
             differences_total: 0,
             warnings: Vec::new(),
+            fault: None,
         }
     }
 
@@ -281,6 +304,19 @@ fn check(cfg: &Config) -> Result<Checked, Abort> {
         Ok(None) => {}
         Err(e) => return Err(fail(e.into())),
     }
+    // May we trace it? Opening /proc/PID/mem takes the kernel's decision for PTRACE_SEIZE
+    // (ptrace(2), "Ptrace access mode checking": PTRACE_MODE_ATTACH) without tracing it.
+    if let Err(e) = std::fs::File::open(format!("/proc/{pid}/mem")) {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            let uid = |p: Pid| tracer::procfs::credentials(p).map_or(-1, |c| i64::from(c.euid));
+            return Err(fail(anyhow::anyhow!(
+                "not permitted to trace process {pid} (it runs as uid {}, transplant as uid {}): \
+                 {e}",
+                uid(pid),
+                uid(Pid::this())
+            )));
+        }
+    }
     let new_binary = Binary::load(&cfg.to)
         .map_err(|e| fail(anyhow::Error::new(e).context("the new version (--to)")))?;
     let old_exe = PathBuf::from(format!("/proc/{pid}/exe"));
@@ -315,6 +351,28 @@ fn check(cfg: &Config) -> Result<Checked, Abort> {
 /// phase refuses (bad input, nothing touched). Either way, unless the report says committed,
 /// the old process runs on exactly as it was and nothing transplant started is left.
 pub fn update(cfg: &Config) -> Result<Report, Abort> {
+    run_update(cfg, false).map(|(r, _)| r)
+}
+
+/// What a transaction saw, for fault campaigns: the state graphs it captured.
+pub struct Observed {
+    /// The old version's executable.
+    pub old_binary: Arc<Binary>,
+    /// The new version's executable.
+    pub new_binary: Arc<Binary>,
+    /// The old state, if it was captured.
+    pub old_state: Option<StateGraph>,
+    /// The future's state after the forward transfer, if it was captured (for the reverse
+    /// transfer).
+    pub future_state: Option<StateGraph>,
+}
+
+/// As [`update`], also returning the state graphs the transaction captured.
+pub fn update_observed(cfg: &Config) -> Result<(Report, Observed), Abort> {
+    run_update(cfg, true)
+}
+
+fn run_update(cfg: &Config, keep: bool) -> Result<(Report, Observed), Abort> {
     let t0 = Instant::now();
     let checked = check(cfg)?;
     let mut report = Report::new(cfg.pid, cfg.verify);
@@ -324,9 +382,16 @@ pub fn update(cfg: &Config) -> Result<Report, Abort> {
         checked: &checked,
         report: &mut report,
         downtime_start: None,
+        observed: keep.then(|| Observed {
+            old_binary: checked.old_binary.clone(),
+            new_binary: checked.new_binary.clone(),
+            old_state: None,
+            future_state: None,
+        }),
     };
     let result = txn.run();
     let downtime_start = txn.downtime_start;
+    let observed = txn.observed.take();
     match result {
         Ok(()) => {}
         Err(mut abort) => {
@@ -347,7 +412,13 @@ pub fn update(cfg: &Config) -> Result<Report, Abort> {
         report.times_ms.downtime = ms(start.elapsed());
     }
     report.times_ms.total = ms(t0.elapsed());
-    Ok(report)
+    let observed = observed.unwrap_or_else(|| Observed {
+        old_binary: checked.old_binary.clone(),
+        new_binary: checked.new_binary.clone(),
+        old_state: None,
+        future_state: None,
+    });
+    Ok((report, observed))
 }
 
 /// The processes of one transaction. Dropping it aborts: the spawned processes are killed
@@ -385,6 +456,8 @@ struct Transaction<'a> {
     checked: &'a Checked,
     report: &'a mut Report,
     downtime_start: Option<Instant>,
+    /// What to hand back to [`update_observed`].
+    observed: Option<Observed>,
 }
 
 /// The kernel state of the old process to bring along: its descriptors, taken into ours.
@@ -539,6 +612,9 @@ impl Transaction<'_> {
             fds: fds::take_all(pid).map_err(|e| capture_err(e.into()))?,
         };
         self.report.times_ms.capture = ms(t.elapsed());
+        if let Some(o) = &mut self.observed {
+            o.old_state = Some(old_state.graph.clone());
+        }
 
         // Forward.
         let t = Instant::now();
@@ -564,7 +640,8 @@ impl Transaction<'_> {
             &forward_plan,
             &future_dest,
             injected,
-            cfg.step_timeout,
+            cfg.call_timeout,
+            &mut self.report.fault,
         )
         .map_err(|e| forward_err(e.context(format!("into the future (process {future_pid})"))))?;
         let kernel = fds::install(
@@ -598,6 +675,9 @@ impl Transaction<'_> {
                         anyhow::Error::new(e).context("capturing the future after the transfer"),
                     )
                 })?;
+            if let Some(o) = &mut self.observed {
+                o.future_state = Some(future_state.graph.clone());
+            }
             let reversed = parts.reversed.as_mut().expect("spawned when verifying");
             let reversed_pid = reversed.tracee.pid();
             let reversed_dest = reversed_dest.expect("prepared when verifying");
@@ -617,7 +697,8 @@ impl Transaction<'_> {
                 &reverse_plan,
                 &reversed_dest,
                 injected,
-                cfg.step_timeout,
+                cfg.call_timeout,
+                &mut self.report.fault,
             )
             .map_err(|e| {
                 reverse_err(e.context(format!("into the reversed process {reversed_pid}")))
@@ -803,13 +884,24 @@ fn transfer_into(
     plan: &Plan,
     dest: &DestinationData,
     injected: Option<Injection>,
-    _timeout: Duration,
+    call_timeout: Duration,
+    fault: &mut Option<String>,
 ) -> anyhow::Result<Applied> {
     let tid = to.held.tid();
+    let mut corrupted = None;
     if let Some(i) = &injected {
-        i.before_apply(&to.tracee, dest.malloc)?;
+        i.before_apply(&to.tracee, &dest.symbols, dest.malloc)?;
+        let mut bad = plan.clone();
+        *fault = i.corrupt_plan(&mut bad);
+        if fault.is_some() {
+            corrupted = Some(bad);
+        } else if !matches!(i, Injection::Plan { .. }) {
+            *fault = Some(format!("{i:?}"));
+        }
     }
+    let plan = corrupted.as_ref().unwrap_or(plan);
     let mut s = tracer::remote::RemoteSession::open(&mut to.tracee, tid)?;
+    s.set_call_timeout(call_timeout);
     let applied = apply(&mut s, dest.malloc, dest.free, plan)?;
     s.close()?;
     if let Some(i) = injected {

@@ -76,6 +76,8 @@ pub struct RemoteSession<'t> {
     saved_site: Vec<u8>,
     scratch: Option<(RemoteAddr, u64)>,
     closed: bool,
+    /// How long one injected call may take ([`CALL_TIMEOUT`] unless set).
+    call_timeout: Duration,
 }
 
 impl<'t> RemoteSession<'t> {
@@ -129,6 +131,7 @@ impl<'t> RemoteSession<'t> {
             saved_site: Vec::new(),
             scratch: None,
             closed: false,
+            call_timeout: CALL_TIMEOUT,
         };
         session
             .tracee
@@ -142,7 +145,13 @@ impl<'t> RemoteSession<'t> {
         Ok(session)
     }
 
-    /// The thread code runs on.
+    /// Sets how long each injected call (or batch, plus 50 µs per call) may take before it
+    /// counts as hung: [`CALL_TIMEOUT`] by default.
+    pub fn set_call_timeout(&mut self, timeout: Duration) {
+        self.call_timeout = timeout;
+    }
+
+    /// The thread the session runs code in.
     pub fn tid(&self) -> Pid {
         self.tid
     }
@@ -170,7 +179,7 @@ impl<'t> RemoteSession<'t> {
         r.rip = self.site.get();
         set_regs(self.tid, &r)?;
         let end = self.site.get() + SYSCALL_TRAMPOLINE.len() as u64;
-        let out = self.run_to_trap(end, &format!("system call {nr}"), CALL_TIMEOUT)?;
+        let out = self.run_to_trap(end, &format!("system call {nr}"), self.call_timeout)?;
         Ok(out.rax as i64)
     }
 
@@ -270,7 +279,7 @@ impl<'t> RemoteSession<'t> {
     /// does not return within [`CALL_TIMEOUT`] (e.g. `malloc` waiting for a lock a stopped
     /// thread holds) is interrupted and [`Error::Timeout`]. Registers are restored either way.
     pub fn call(&mut self, func: RemoteAddr, args: &[u64]) -> Result<u64> {
-        self.call_with_timeout(func, args, CALL_TIMEOUT)
+        self.call_with_timeout(func, args, self.call_timeout)
     }
 
     /// [`RemoteSession::call`] with an explicit time limit.
@@ -345,7 +354,7 @@ impl<'t> RemoteSession<'t> {
         set_regs(self.tid, &r)?;
         let end = loop_start + BATCH_LOOP.len() as u64;
         // A generous limit that grows with the batch: ~0.1 µs per call is expected.
-        let timeout = CALL_TIMEOUT + Duration::from_micros(50 * n);
+        let timeout = self.call_timeout + Duration::from_micros(50 * n);
         self.run_to_trap(end, &format!("batch of {n} calls of {func}"), timeout)?;
         let out = self.tracee.memory().read_vec(results, (n * 8) as usize)?;
         Ok(out
