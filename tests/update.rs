@@ -454,3 +454,27 @@ fn a_process_that_never_reaches_its_quiescent_point_is_left_running_untouched() 
         assert!(!std::path::Path::new(&format!("/proc/{spawned}")).exists());
     }
 }
+
+#[test]
+fn a_signal_pending_in_the_old_process_reaches_the_new_version() {
+    let p = pair("epoll");
+    let mut old = start_old(&p);
+    let old_pid = old.fixture.pid();
+    let stats = old.client.ask("STATS");
+    assert!(stats.contains("signals=0"), "{stats}");
+    // SIGUSR1, which the server blocks and reads through a signalfd, arrives while the old
+    // process is stopped for the update: it stays pending there.
+    let mut cfg = config(&p, old_pid);
+    cfg.inject = Some(Injection::SignalOld {
+        at: Point::Capture,
+        signal: libc::SIGUSR1,
+    });
+    let report = update(&cfg).expect("no bad input");
+    let _new = Reaper(Pid::from_raw(
+        report.new_pid.unwrap_or_else(|| panic!("{report:#?}")),
+    ));
+    assert!(report.committed(), "{report:#?}");
+    let stats = old.client.ask("STATS");
+    assert!(stats.contains("signals=1"), "{stats}");
+    assert_eq!(old.client.ask("CHECK"), "PASS");
+}

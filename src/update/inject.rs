@@ -85,6 +85,14 @@ pub enum Injection {
         /// When.
         at: Point,
     },
+    /// A signal is sent to the old process at `at` (while it is stopped for the update): a
+    /// signal it blocks stays pending, and must reach the new version.
+    SignalOld {
+        /// When.
+        at: Point,
+        /// The signal's number.
+        signal: i32,
+    },
     /// The transfer plan is corrupted: what a buggy transfer would write.
     Plan {
         /// Which transfer.
@@ -104,6 +112,7 @@ impl Injection {
             Injection::Crash { at, .. }
             | Injection::Hang { at }
             | Injection::KillOld { at }
+            | Injection::SignalOld { at, .. }
             | Injection::Plan { at, .. } => *at,
             Injection::FlipGlobal { .. } => Point::Compare,
         }
@@ -119,6 +128,11 @@ impl Injection {
     /// update does next finds it gone, not dying. Other faults do nothing here.
     pub(crate) fn kill_old(&self, old: Pid) -> anyhow::Result<()> {
         use nix::sys::wait::{waitid, Id, WaitPidFlag};
+        if let Injection::SignalOld { signal, .. } = self {
+            let sig = nix::sys::signal::Signal::try_from(*signal)?;
+            nix::sys::signal::kill(old, sig)?;
+            return Ok(());
+        }
         if !matches!(self, Injection::KillOld { .. }) {
             return Ok(());
         }

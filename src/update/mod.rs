@@ -797,6 +797,15 @@ impl Transaction<'_> {
             parts.future = Some(future);
             return Err(commit_err(e));
         }
+        // Signals pending in the old process (blocked ones a signalfd would read, say) are
+        // the program's state too: queue them for the future, delivered when it runs.
+        for sig in pending_signals(self.cfg.pid) {
+            if let Err(e) = nix::sys::signal::kill(future.tracee.pid(), sig) {
+                self.report.warnings.push(format!(
+                    "passing pending signal {sig} to the new process: {e}"
+                ));
+            }
+        }
         // The point of no return: the future runs, the old process must go.
         let downtime = self.downtime_start.map(|s| s.elapsed());
         if let Err(e) = future.tracee.detach() {
@@ -817,6 +826,30 @@ impl Transaction<'_> {
         }
         Ok(())
     }
+}
+
+/// The signals pending for process `pid` or any of its threads (`ShdPnd`, `SigPnd` of
+/// `/proc/PID/task/*/status`), standard signals once each (as the kernel keeps them).
+fn pending_signals(pid: Pid) -> Vec<nix::sys::signal::Signal> {
+    let mut mask = 0u64;
+    let parse = |v: Result<String, tracer::Error>| {
+        v.ok()
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    mask |= parse(tracer::procfs::status_field(pid, "ShdPnd"));
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let text = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            if let Some(v) = text.lines().find_map(|l| l.strip_prefix("SigPnd:")) {
+                mask |= u64::from_str_radix(v.trim(), 16).unwrap_or(0);
+            }
+        }
+    }
+    (1..=64)
+        .filter(|n| mask & (1u64 << (n - 1)) != 0)
+        .filter_map(|n| nix::sys::signal::Signal::try_from(n as i32).ok())
+        .collect()
 }
 
 /// Makes the future's held call return `EINTR` (its arguments came from its own start-up
