@@ -567,6 +567,18 @@ impl Transaction<'_> {
         };
         let old_prepared = Prepared::with_binary(pid, self.checked.old_binary.clone())
             .map_err(|e| startup(e.into()))?;
+        // The captures of the verification, prepared now so that loading nothing counts as
+        // downtime: their mappings of libc do not change.
+        let (future_prepared, reversed_prepared) = if cfg.verify {
+            let future = Prepared::with_binary(future_pid, self.checked.new_binary.clone())
+                .map_err(|e| startup(e.into()))?;
+            let reversed_pid = parts.reversed.as_ref().expect("spawned").tracee.pid();
+            let reversed = Prepared::with_binary(reversed_pid, self.checked.old_binary.clone())
+                .map_err(|e| startup(e.into()))?;
+            (Some(future), Some(reversed))
+        } else {
+            (None, None)
+        };
         let future_dest = DestinationData::new(future_pid, future_start)
             .map_err(|e| startup(anyhow::Error::new(e).context("the future's symbols")))?;
         let reversed_dest = match (&parts.reversed, reversed_start) {
@@ -668,8 +680,9 @@ impl Transaction<'_> {
             self.kill_old_at(inject::Point::Reverse)
                 .map_err(reverse_err)?;
             let future = parts.future.as_ref().expect("spawned");
-            let future_state = Prepared::with_binary(future_pid, self.checked.new_binary.clone())
-                .and_then(|p| p.capture(&future.tracee))
+            let future_state = future_prepared
+                .expect("prepared when verifying")
+                .capture(&future.tracee)
                 .map_err(|e| {
                     reverse_err(
                         anyhow::Error::new(e).context("capturing the future after the transfer"),
@@ -714,12 +727,12 @@ impl Transaction<'_> {
                 i.corrupt(&reversed.tracee, &self.checked.old_binary)
                     .map_err(compare_err)?;
             }
-            let reversed_state =
-                Prepared::with_binary(reversed_pid, self.checked.old_binary.clone())
-                    .and_then(|p| p.capture(&reversed.tracee))
-                    .map_err(|e| {
-                        compare_err(anyhow::Error::new(e).context("capturing the reversed process"))
-                    })?;
+            let reversed_state = reversed_prepared
+                .expect("prepared when verifying")
+                .capture(&reversed.tracee)
+                .map_err(|e| {
+                    compare_err(anyhow::Error::new(e).context("capturing the reversed process"))
+                })?;
             let exclusions = verify::Exclusions::from_forward(&self.checked.forward);
             let diff = verify::diff(
                 &self.checked.old_binary,
