@@ -184,7 +184,7 @@ mod tests {
                 PlannedObject {
                     source: None,
                     place: Place::Global(tracer::RemoteAddr::new(0x1000)),
-                    bytes: vec![1; 16],
+                    bytes: (1..=16).collect(),
                     pointers: vec![(
                         0,
                         Value::Object {
@@ -196,7 +196,7 @@ mod tests {
                 PlannedObject {
                     source: None,
                     place: Place::Heap(24),
-                    bytes: vec![2; 24],
+                    bytes: (100..124).collect(),
                     pointers: vec![],
                 },
             ],
@@ -227,7 +227,7 @@ mod tests {
         for pick in 0..200u64 {
             let mut p = plan();
             PlanFault::BitFlip.apply(&mut p, pick.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-            assert_eq!(p.objects[0].bytes[..8], [1; 8]);
+            assert_eq!(p.objects[0].bytes[..8], [1, 2, 3, 4, 5, 6, 7, 8]);
         }
     }
 }

@@ -673,6 +673,9 @@ impl Transaction<'_> {
         self.report.epolls = kernel.epolls;
         self.report.times_ms.forward = ms(t.elapsed());
 
+        // The verification's big values are kept until after the commit: freeing them is
+        // not the old process's downtime.
+        let mut leftovers: Vec<Box<dyn std::any::Any>> = Vec::new();
         if cfg.verify {
             // Reverse: the future's state back into a fresh old version.
             let t = Instant::now();
@@ -753,6 +756,10 @@ impl Transaction<'_> {
                     ),
                 });
             }
+            leftovers.push(Box::new(future_state));
+            leftovers.push(Box::new(reverse_plan));
+            leftovers.push(Box::new(reversed_state));
+            leftovers.push(Box::new(reversed_dest));
         }
 
         if !cfg.commit {
@@ -761,7 +768,9 @@ impl Transaction<'_> {
                 message: "not committed (dry run): every check passed".into(),
             });
         }
-        self.commit(parts)
+        let committed = self.commit(parts);
+        drop(leftovers);
+        committed
     }
 
     /// Brings the old process to its quiescent point (or its `--at` function).
