@@ -870,7 +870,7 @@ fn pending_signals(pid: Pid) -> Vec<nix::sys::signal::Signal> {
     }
     (1..=64)
         .filter(|n| mask & (1u64 << (n - 1)) != 0)
-        .filter_map(|n| nix::sys::signal::Signal::try_from(n as i32).ok())
+        .filter_map(|n| nix::sys::signal::Signal::try_from(n).ok())
         .collect()
 }
 
