@@ -378,20 +378,3 @@ fn the_list_of_differences_is_capped_but_all_are_counted() {
     let json = serde_json::to_value(&r).unwrap();
     assert_eq!(json["total_differences"], n as u64);
 }
-
-/// Timing on a million objects: `cargo test --release --lib verify -- --ignored`.
-#[test]
-#[ignore = "timing; run in release"]
-fn a_million_objects_diff_in_well_under_a_second() {
-    let n = 333_334;
-    let keys: Vec<(String, String)> = (0..n).map(|i| (format!("k{i}"), format!("v{i}"))).collect();
-    let items: Vec<(&str, &str)> = keys.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let (bin, a, b) = pair(&items);
-    assert!(a.objects.len() > 1_000_000);
-    let t = std::time::Instant::now();
-    let r = diff(&bin, &a, &b, &Exclusions::none());
-    let took = t.elapsed();
-    eprintln!("{} objects in {took:?}", r.objects);
-    assert!(r.is_exact());
-    assert!(took < std::time::Duration::from_secs(1), "{took:?}");
-}
