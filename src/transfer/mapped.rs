@@ -9,11 +9,12 @@
 //! field was dropped goes with it.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt;
 
 use tracer::RemoteAddr;
 
 use super::{
-    displaced, object_name, resolve_external, Destination, Place, Plan, PlannedObject,
+    displaced, object_name, resolve_external, Destination, ObjectIndex, Place, Plan, PlannedObject,
     TransferError, Value,
 };
 use crate::debuginfo::{Binary, Type};
@@ -52,15 +53,22 @@ pub fn plan_mapped(
         .filter(|o| matches!(o.kind, ObjectKind::Global { .. }))
         .map(|o| (o.addr, o.bytes.as_slice()))
         .collect();
-    let mut plan = Plan::default();
-    let mut index: HashMap<ObjectId, usize> = HashMap::new();
-    let mut moves: HashMap<ObjectId, Vec<Move>> = HashMap::new();
+    let mut plan = Plan {
+        objects: Vec::with_capacity(src.objects.len()),
+        displaced: Vec::new(),
+    };
+    let mut index = ObjectIndex::new(src);
+    // Per object (by id): its copied ranges (a range of `moves`) and, for heap arrays of
+    // converted structs, the old and new element size.
+    let mut moves: Vec<Move> = Vec::new();
+    let mut converted: Vec<Converted> = vec![Converted::default(); index.len()];
     let mut overwritten: HashSet<RemoteAddr> = HashSet::new();
-    // Old and new element size of heap arrays of converted structs.
-    let mut strides: HashMap<ObjectId, (u64, u64)> = HashMap::new();
+    let mut type_maps = TypeMaps::new(src_bin, mapping);
     for o in &src.objects {
-        let name = object_name(src, o.id);
-        let mut mv = Vec::new();
+        let name = Path::Object(src, o.id);
+        let first_move = moves.len();
+        let mv = &mut moves;
+        let mut stride = None;
         let (place, bytes) = match &o.kind {
             ObjectKind::Global { var, .. } => {
                 let v = &src_bin.variables()[*var];
@@ -88,21 +96,22 @@ pub fn plan_mapped(
                     let to = int_info(dst.binary, new.ty);
                     value_convert(vc, from, to, &o.bytes, 0, &mut bytes, 0, &name)?;
                 } else {
-                    cx.convert(&g.conversion, &o.bytes, 0, &mut bytes, 0, &mut mv, &name)?;
+                    cx.convert(&g.conversion, &o.bytes, 0, &mut bytes, 0, mv, &name)?;
                 }
                 overwritten.insert(addr);
                 (Place::Global(addr), bytes)
             }
             ObjectKind::Heap => {
-                let image = heap_object(src_bin, &cx, o, &mut mv, &name)?;
-                if let Some(st) = image.stride {
-                    strides.insert(o.id, st);
-                }
+                let image = heap_object(src_bin, &cx, &mut type_maps, o, mv, &name)?;
+                stride = image.stride;
                 (Place::Heap(image.size), image.bytes)
             }
         };
-        index.insert(o.id, plan.objects.len());
-        moves.insert(o.id, mv);
+        index.set(o.id, plan.objects.len());
+        converted[o.id.index()] = Converted {
+            moves: first_move..moves.len(),
+            stride,
+        };
         plan.objects.push(PlannedObject {
             source: Some(o.id),
             place,
@@ -118,12 +127,12 @@ pub fn plan_mapped(
         let addr = RemoteAddr::new(new.address.wrapping_add(dst.bias));
         let Some(initial) = dst_globals.get(&addr) else {
             return Err(refused(
-                &g.path,
+                &Path::Name(&g.path),
                 "its variable was not captured in the target",
             ));
         };
         let mut bytes = initial.to_vec();
-        cx.write_value(new.ty, &mut bytes, 0, value, &g.path)?;
+        cx.write_value(new.ty, &mut bytes, 0, value, &Path::Name(&g.path))?;
         plan.objects.push(PlannedObject {
             source: None,
             place: Place::Global(addr),
@@ -133,23 +142,24 @@ pub fn plan_mapped(
     }
     for e in &src.edges {
         // Edges from dropped objects go with them; so do pointers in dropped fields.
-        let Some(&from) = index.get(&e.from) else {
+        let Some(from) = index.get(e.from) else {
             continue;
         };
-        let Some(new_offset) = translate(&moves[&e.from], e.offset) else {
+        let moves_of = |id: ObjectId| &moves[converted[id.index()].moves.clone()];
+        let Some(new_offset) = translate(moves_of(e.from), e.offset) else {
             continue;
         };
         let path = || format!("{}{}", object_name(src, e.from), e.path);
         let value = match &e.target {
-            Target::Object { id, offset } => match index.get(id) {
-                Some(&i) => {
+            Target::Object { id, offset } => match index.get(*id) {
+                Some(i) => {
                     // A pointer to an object (or to an element of an array of structs) points
                     // at its start in the new layout too; an interior pointer moves with the
                     // field it points into.
-                    let off = match strides.get(id) {
-                        Some(&(old, new)) if offset % old == 0 => offset / old * new,
+                    let off = match converted[id.index()].stride {
+                        Some((old, new)) if offset % old == 0 => offset / old * new,
                         _ if *offset == 0 => 0,
-                        _ => translate(&moves[id], *offset).unwrap_or(*offset),
+                        _ => translate(moves_of(*id), *offset).unwrap_or(*offset),
                     };
                     Value::Object {
                         index: i,
@@ -180,10 +190,96 @@ pub fn plan_mapped(
     Ok(plan)
 }
 
-fn refused(path: &str, why: &str) -> TransferError {
+fn refused(path: &Path<'_>, why: &str) -> TransferError {
     TransferError::Refused {
-        path: path.to_owned(),
+        path: path.to_string(),
         why: why.to_owned(),
+    }
+}
+
+/// Where in the state a value is, for messages: built as conversion descends and rendered
+/// only when a conversion fails (formatting a path per object and field would cost more than
+/// converting).
+#[derive(Clone, Copy)]
+enum Path<'a> {
+    /// An object of the source state, by [`object_name`].
+    Object(&'a StateGraph, ObjectId),
+    /// A path already written out.
+    Name(&'a str),
+    /// Element `i` of an array (or of a heap array of structs).
+    Index(&'a Path<'a>, u64),
+    /// A field of a struct (named by its last path component).
+    Field(&'a Path<'a>, &'a crate::mapping::FieldMap),
+}
+
+impl fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Path::Object(graph, id) => f.write_str(&object_name(graph, *id)),
+            Path::Name(name) => f.write_str(name),
+            Path::Index(path, i) => write!(f, "{path}[{i}]"),
+            Path::Field(path, field) => {
+                let name = field
+                    .old_path
+                    .as_deref()
+                    .or(field.new_path.as_deref())
+                    .and_then(|p| p.rsplit('.').next())
+                    .unwrap_or("?");
+                write!(f, "{path}.{name}")
+            }
+        }
+    }
+}
+
+/// What the edge pass needs to know of a converted object.
+#[derive(Clone, Debug, Default)]
+struct Converted {
+    /// Its copied ranges, in the planner's list of moves.
+    moves: std::ops::Range<usize>,
+    /// For heap arrays of converted structs, the old and new element size.
+    stride: Option<(u64, u64)>,
+}
+
+/// The type map of heap objects' types, looked up once per type rather than once per object.
+struct TypeMaps<'a> {
+    src_bin: &'a Binary,
+    mapping: &'a Mapping,
+    /// By the object's type as captured: its definition, and the index of its map if it has one.
+    known: HashMap<crate::debuginfo::TypeId, (crate::debuginfo::TypeId, Option<usize>)>,
+    /// The last answer: objects of one type tend to come together.
+    last: Option<(
+        crate::debuginfo::TypeId,
+        (crate::debuginfo::TypeId, Option<usize>),
+    )>,
+}
+
+impl<'a> TypeMaps<'a> {
+    fn new(src_bin: &'a Binary, mapping: &'a Mapping) -> Self {
+        TypeMaps {
+            src_bin,
+            mapping,
+            known: HashMap::new(),
+            last: None,
+        }
+    }
+
+    /// The definition of `ty` (typedefs and qualifiers stripped) and the index of its type map.
+    fn get(&mut self, ty: crate::debuginfo::TypeId) -> (crate::debuginfo::TypeId, Option<usize>) {
+        if let Some((last, answer)) = self.last {
+            if last == ty {
+                return answer;
+            }
+        }
+        let (bin, mapping) = (self.src_bin, self.mapping);
+        let answer = *self.known.entry(ty).or_insert_with(|| {
+            let stripped = bin.types().definition_of(bin.types().strip_typedefs_cv(ty));
+            (
+                stripped,
+                mapping.types.iter().position(|t| t.old == stripped),
+            )
+        });
+        self.last = Some((ty, answer));
+        answer
     }
 }
 
@@ -192,9 +288,10 @@ fn refused(path: &str, why: &str) -> TransferError {
 fn heap_object(
     src_bin: &Binary,
     cx: &Cx<'_>,
+    type_maps: &mut TypeMaps<'_>,
     o: &crate::state::Object,
     mv: &mut Vec<Move>,
-    name: &str,
+    name: &Path<'_>,
 ) -> Result<HeapImage, TransferError> {
     let Some(ty) = o.ty else {
         mv.push((0, o.size, 0));
@@ -204,12 +301,10 @@ fn heap_object(
             stride: None,
         });
     };
-    let stripped = src_bin
-        .types()
-        .definition_of(src_bin.types().strip_typedefs_cv(ty));
+    let (stripped, tm_index) = type_maps.get(ty);
     let is_composite = matches!(src_bin.ty(stripped), Type::Struct(_) | Type::Union(_));
     let mapping = cx.m;
-    let Some(tm_index) = mapping.types.iter().position(|t| t.old == stripped) else {
+    let Some(tm_index) = tm_index else {
         if is_composite {
             return Err(refused(
                 name,
@@ -232,7 +327,7 @@ fn heap_object(
     };
     let mut bytes = vec![0u8; (new_size * o.count).max(1) as usize];
     for i in 0..o.count {
-        let path = format!("{name}[{i}]");
+        let path = Path::Index(name, i);
         let conv = Conversion::Struct { type_map: tm_index };
         cx.convert(
             &conv,
@@ -308,7 +403,7 @@ impl Cx<'_> {
         new: &mut [u8],
         noff: u64,
         mv: &mut Vec<Move>,
-        path: &str,
+        path: &Path<'_>,
     ) -> Result<(), TransferError> {
         let short = || refused(path, "the value lies outside the object");
         match c {
@@ -415,21 +510,14 @@ impl Cx<'_> {
                         new,
                         noff + i * new_stride,
                         mv,
-                        &format!("{path}[{i}]"),
+                        &Path::Index(path, i),
                     )?;
                 }
             }
             Conversion::Struct { type_map } => {
                 let tm = &self.m.types[*type_map];
                 for f in &tm.fields {
-                    let fpath = format!(
-                        "{path}.{}",
-                        f.old_path
-                            .as_deref()
-                            .or(f.new_path.as_deref())
-                            .and_then(|p| p.rsplit('.').next())
-                            .unwrap_or("?")
-                    );
+                    let fpath = Path::Field(path, f);
                     match (f.old_offset, f.new_offset, &f.conversion) {
                         (_, _, Conversion::Drop | Conversion::KeepInitial) => {}
                         (_, _, Conversion::Refused) => {
@@ -478,7 +566,7 @@ impl Cx<'_> {
         new: &mut [u8],
         at: u64,
         value: &crate::mapping::rules::Value,
-        path: &str,
+        path: &Path<'_>,
     ) -> Result<(), TransferError> {
         let types = self.new_bin.types();
         let Type::Struct(c) = self
@@ -510,7 +598,7 @@ impl Cx<'_> {
         new: &mut [u8],
         at: u64,
         value: &crate::mapping::rules::Value,
-        path: &str,
+        path: &Path<'_>,
     ) -> Result<(), TransferError> {
         use crate::mapping::rules::Value as V;
         let types = self.new_bin.types();
@@ -578,7 +666,7 @@ fn value_convert(
     ooff: u64,
     new: &mut [u8],
     noff: u64,
-    path: &str,
+    path: &Path<'_>,
 ) -> Result<(), TransferError> {
     let (Some((osize, osigned)), Some((nsize, nsigned))) = (from, to) else {
         return Err(refused(path, "a value conversion applies to integers only"));

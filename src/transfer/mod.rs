@@ -207,8 +207,11 @@ pub fn plan_same_layout(
     src_bin: &Binary,
     dst: &Destination<'_>,
 ) -> Result<Plan, TransferError> {
-    let mut plan = Plan::default();
-    let mut index: HashMap<ObjectId, usize> = HashMap::new();
+    let mut plan = Plan {
+        objects: Vec::with_capacity(src.objects.len()),
+        displaced: Vec::new(),
+    };
+    let mut index = ObjectIndex::new(src);
     let mut overwritten: HashSet<RemoteAddr> = HashSet::new();
     for o in &src.objects {
         let place = match &o.kind {
@@ -239,7 +242,7 @@ pub fn plan_same_layout(
             }
             ObjectKind::Heap => Place::Heap(o.size.max(1)),
         };
-        index.insert(o.id, plan.objects.len());
+        index.set(o.id, plan.objects.len());
         plan.objects.push(PlannedObject {
             source: Some(o.id),
             place,
@@ -251,7 +254,7 @@ pub fn plan_same_layout(
         let path = || format!("{}{}", object_name(src, e.from), e.path);
         let value = match &e.target {
             Target::Object { id, offset } => Value::Object {
-                index: index[id],
+                index: index.get(*id).expect("every object is planned"),
                 offset: *offset,
             },
             Target::Dangling { why } => {
@@ -265,12 +268,52 @@ pub fn plan_same_layout(
                 Err(why) => return Err(TransferError::Refused { path: path(), why }),
             },
         };
-        plan.objects[index[&e.from]]
-            .pointers
-            .push((e.offset, value));
+        let from = index.get(e.from).expect("every object is planned");
+        plan.objects[from].pointers.push((e.offset, value));
     }
     plan.displaced = displaced(dst.graph, &overwritten);
     Ok(plan)
+}
+
+/// Where each source object went in [`Plan::objects`], by [`ObjectId`]: ids are dense
+/// indices, so a vector replaces a hash map on the planners' per-object and per-edge paths.
+pub(crate) struct ObjectIndex(Vec<u32>);
+
+impl ObjectIndex {
+    const NONE: u32 = u32::MAX;
+
+    /// An index with room for every object of `graph`, all unplanned.
+    pub(crate) fn new(graph: &StateGraph) -> Self {
+        let len = graph
+            .objects
+            .iter()
+            .map(|o| o.id.index() + 1)
+            .max()
+            .unwrap_or(0);
+        ObjectIndex(vec![Self::NONE; len])
+    }
+
+    /// One past the largest object id.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Records that object `id` is planned at `at`.
+    pub(crate) fn set(&mut self, id: ObjectId, at: usize) {
+        let at = u32::try_from(at)
+            .ok()
+            .filter(|&a| a != Self::NONE)
+            .expect("fewer than 2^32 - 1 planned objects");
+        self.0[id.index()] = at;
+    }
+
+    /// Where object `id` is planned, if it is.
+    pub(crate) fn get(&self, id: ObjectId) -> Option<usize> {
+        match self.0.get(id.index()) {
+            Some(&at) if at != Self::NONE => Some(at as usize),
+            _ => None,
+        }
+    }
 }
 
 /// The target's heap objects reachable only from globals the transfer overwrites.
@@ -351,9 +394,14 @@ pub fn apply(
             Place::Heap(_) => RemoteAddr::new(fresh.next().expect("one address per heap object")),
         })
         .collect();
-    let mut images: Vec<Vec<u8>> = Vec::with_capacity(plan.objects.len());
+    // Every object's bytes, relocated, side by side in one buffer: one allocation instead of
+    // one per object, and the write takes slices of it.
+    let total: usize = plan.objects.iter().map(|o| o.bytes.len()).sum();
+    let mut image: Vec<u8> = Vec::with_capacity(total);
     for o in &plan.objects {
-        let mut bytes = o.bytes.clone();
+        let start = image.len();
+        image.extend_from_slice(&o.bytes);
+        let bytes = &mut image[start..];
         for (off, v) in &o.pointers {
             let value = match v {
                 Value::Object { index, offset } => addresses[*index].get() + offset,
@@ -362,21 +410,156 @@ pub fn apply(
             let off = *off as usize;
             bytes[off..off + 8].copy_from_slice(&value.to_ne_bytes());
         }
-        images.push(bytes);
     }
-    let pieces: Vec<(RemoteAddr, &[u8])> = addresses
-        .iter()
-        .zip(&images)
-        .filter(|(_, b)| !b.is_empty())
-        .map(|(a, b)| (*a, b.as_slice()))
-        .collect();
-    session.tracee().memory().write_many(&pieces)?;
+    let mut rest = image.as_slice();
+    let mut globals: Vec<(RemoteAddr, &[u8])> = Vec::new();
+    let mut heap: Vec<(RemoteAddr, &[u8])> = Vec::with_capacity(sizes.len());
+    for (a, o) in addresses.iter().zip(&plan.objects) {
+        let (bytes, tail) = rest.split_at(o.bytes.len());
+        rest = tail;
+        if bytes.is_empty() {
+            continue;
+        }
+        match o.place {
+            Place::Global(_) => globals.push((*a, bytes)),
+            Place::Heap(_) => heap.push((*a, bytes)),
+        }
+    }
+    let memory = session.tracee().memory();
+    memory.write_many(&globals)?;
+    write_coalesced(memory, &heap)?;
     let displaced: Vec<u64> = plan.displaced.iter().map(|a| a.get()).collect();
     session.call_many(free, &displaced)?;
     Ok(Applied {
         allocated: sizes.len(),
-        written: images.iter().map(|b| b.len() as u64).sum(),
+        written: image.len() as u64,
         freed: displaced.len(),
         addresses,
     })
+}
+
+/// Largest gap between two heap objects that [`write_coalesced`] writes in one piece.
+const MAX_GAP: u64 = 256;
+
+/// Writes `pieces` (objects of the target's heap) like [`MemoryMut::write_many`], with fewer
+/// and larger writes: the kernel pins and copies each piece of a `process_vm_writev`
+/// separately, which for a million small objects costs far more than their bytes. Pieces
+/// less than [`MAX_GAP`] bytes apart are joined into one run: the run is read from the
+/// target, the pieces are laid over it, and it is written back whole, so the bytes between
+/// them (malloc's headers, unused tails) are written with the values they had. That is only
+/// sound while the target is stopped, as [`apply`] requires. If a run cannot be read, every
+/// piece is written on its own.
+fn write_coalesced<M: MemoryMut + ?Sized>(
+    memory: &M,
+    pieces: &[(RemoteAddr, &[u8])],
+) -> tracer::Result<()> {
+    let end = |i: usize| pieces[i].0.get().saturating_add(pieces[i].1.len() as u64);
+    let mut order: Vec<usize> = (0..pieces.len()).collect();
+    // Fresh allocations come mostly in address order: the sort finds the runs quickly.
+    order.sort_unstable_by_key(|&i| pieces[i].0);
+    // Runs of `order`, each with its first and one-past-last address.
+    let mut runs: Vec<(u64, u64, std::ops::Range<usize>)> = Vec::new();
+    for (k, &i) in order.iter().enumerate() {
+        let start = pieces[i].0.get();
+        match runs.last_mut() {
+            Some((_, last, ks)) if start >= *last && start - *last <= MAX_GAP => {
+                *last = end(i);
+                ks.end = k + 1;
+            }
+            _ => runs.push((start, end(i), k..k + 1)),
+        }
+    }
+    let joined: Vec<&(u64, u64, std::ops::Range<usize>)> =
+        runs.iter().filter(|r| r.2.len() > 1).collect();
+    let mut buffer = vec![0u8; joined.iter().map(|r| (r.1 - r.0) as usize).sum()];
+    {
+        let mut rest = buffer.as_mut_slice();
+        let mut reads: Vec<(RemoteAddr, &mut [u8])> = Vec::with_capacity(joined.len());
+        for r in &joined {
+            let (run, tail) = std::mem::take(&mut rest).split_at_mut((r.1 - r.0) as usize);
+            rest = tail;
+            reads.push((RemoteAddr::new(r.0), run));
+        }
+        if memory.read_many(&mut reads).is_err() {
+            return memory.write_many(pieces);
+        }
+    }
+    let mut writes: Vec<(RemoteAddr, &[u8])> = Vec::with_capacity(runs.len());
+    let mut rest = buffer.as_mut_slice();
+    let mut runs_written = Vec::with_capacity(joined.len());
+    for r in &runs {
+        if r.2.len() == 1 {
+            writes.push(pieces[order[r.2.start]]);
+            continue;
+        }
+        let (run, tail) = std::mem::take(&mut rest).split_at_mut((r.1 - r.0) as usize);
+        rest = tail;
+        for &i in &order[r.2.clone()] {
+            let at = (pieces[i].0.get() - r.0) as usize;
+            run[at..at + pieces[i].1.len()].copy_from_slice(pieces[i].1);
+        }
+        runs_written.push((RemoteAddr::new(r.0), &*run));
+    }
+    writes.extend(runs_written);
+    memory.write_many(&writes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracer::mem::SharedSnapshot;
+    use tracer::Memory;
+
+    fn snapshot(start: u64, len: usize) -> SharedSnapshot {
+        let mut s = tracer::Snapshot::new();
+        s.insert(
+            RemoteAddr::new(start),
+            (0..len).map(|i| (i % 251) as u8).collect(),
+        );
+        SharedSnapshot(std::sync::Mutex::new(s))
+    }
+
+    /// Coalesced writes leave exactly what piece-by-piece writes leave: the pieces written,
+    /// the bytes between them untouched, whatever the order and spacing of the pieces.
+    #[test]
+    fn coalesced_writes_equal_piecewise_writes() {
+        let base = 0x10_000;
+        let data: Vec<Vec<u8>> = (0..40u8)
+            .map(|i| vec![0xa0 ^ i; 1 + (i as usize * 7) % 29])
+            .collect();
+        // Unordered, some adjacent, some close, some farther apart than the largest gap.
+        let mut at = base;
+        let mut pieces: Vec<(RemoteAddr, &[u8])> = Vec::new();
+        for (i, d) in data.iter().enumerate() {
+            pieces.push((RemoteAddr::new(at), d));
+            at += d.len() as u64 + [0, 8, 24, 300, MAX_GAP, MAX_GAP + 1][i % 6];
+        }
+        pieces.reverse();
+        pieces.swap(3, 17);
+        let len = (at - base) as usize + 64;
+        let (a, b) = (snapshot(base, len), snapshot(base, len));
+        a.write_many(&pieces).unwrap();
+        write_coalesced(&b, &pieces).unwrap();
+        let mut want = vec![0u8; len];
+        let mut got = vec![0u8; len];
+        a.read(RemoteAddr::new(base), &mut want).unwrap();
+        b.read(RemoteAddr::new(base), &mut got).unwrap();
+        assert_eq!(want, got);
+    }
+
+    /// A run that crosses unmapped memory cannot be read: every piece is written on its own.
+    #[test]
+    fn coalesced_writes_fall_back_across_holes() {
+        let mut s = tracer::Snapshot::new();
+        s.insert(RemoteAddr::new(0x1000), vec![0; 16]);
+        s.insert(RemoteAddr::new(0x1020), vec![0; 16]);
+        let s = SharedSnapshot(std::sync::Mutex::new(s));
+        let pieces: Vec<(RemoteAddr, &[u8])> = vec![
+            (RemoteAddr::new(0x1000), &[1; 16]),
+            (RemoteAddr::new(0x1020), &[2; 16]),
+        ];
+        write_coalesced(&s, &pieces).unwrap();
+        assert_eq!(s.read_vec(RemoteAddr::new(0x1000), 16).unwrap(), [1; 16]);
+        assert_eq!(s.read_vec(RemoteAddr::new(0x1020), 16).unwrap(), [2; 16]);
+    }
 }
