@@ -388,13 +388,31 @@ fn run_update(cfg: &Config, keep: bool) -> Result<(Report, Observed), Abort> {
             old_state: None,
             future_state: None,
         }),
+        phase: None,
     };
     let result = txn.run();
+    let phase_under_way = txn.phase;
     let downtime_start = txn.downtime_start;
     let observed = txn.observed.take();
     match result {
         Ok(()) => {}
         Err(mut abort) => {
+            // The failed phase's time so far (a hang's time limit, say).
+            if let Some((phase, since)) = phase_under_way.filter(|(p, _)| *p == abort.phase) {
+                let t = &mut report.times_ms;
+                let slot = match phase {
+                    Phase::Startup => Some(&mut t.startup),
+                    Phase::Quiesce => Some(&mut t.quiesce),
+                    Phase::Capture => Some(&mut t.capture),
+                    Phase::Forward => Some(&mut t.forward),
+                    Phase::Reverse => Some(&mut t.reverse),
+                    Phase::Compare => Some(&mut t.compare),
+                    Phase::Check | Phase::Commit => None,
+                };
+                if let Some(slot) = slot.filter(|v| **v == 0.0) {
+                    *slot = ms(since.elapsed());
+                }
+            }
             // Whatever failed, a process that ended under us is the reason to tell first.
             if exited(cfg.pid) {
                 abort.message = format!(
@@ -458,6 +476,8 @@ struct Transaction<'a> {
     downtime_start: Option<Instant>,
     /// What to hand back to [`update_observed`].
     observed: Option<Observed>,
+    /// The phase under way and when it began: an abort reports its time too.
+    phase: Option<(Phase, Instant)>,
 }
 
 /// The kernel state of the old process to bring along: its descriptors, taken into ours.
@@ -487,6 +507,7 @@ impl Transaction<'_> {
 
         // Start-up: everything that can happen while the old process serves.
         let t = Instant::now();
+        self.phase = Some((Phase::Startup, t));
         let startup = |e: anyhow::Error| Abort::new(Phase::Startup, e);
         let context = tracer::procfs::exec_context(pid)
             .map_err(|e| startup(anyhow::Error::new(e).context("reading its execution context")))?;
@@ -593,6 +614,7 @@ impl Transaction<'_> {
 
         // Quiesce: the old process stops here; downtime starts.
         let t = Instant::now();
+        self.phase = Some((Phase::Quiesce, t));
         let quiesce = |e: anyhow::Error| Abort::new(Phase::Quiesce, e);
         self.kill_old_at(inject::Point::Quiesce).map_err(quiesce)?;
         let mut old = Tracee::seize(pid).map_err(|e| quiesce(e.into()))?;
@@ -607,6 +629,7 @@ impl Transaction<'_> {
 
         // Capture.
         let t = Instant::now();
+        self.phase = Some((Phase::Capture, t));
         let capture_err = |e: anyhow::Error| Abort::new(Phase::Capture, e);
         self.kill_old_at(inject::Point::Capture)
             .map_err(capture_err)?;
@@ -630,6 +653,7 @@ impl Transaction<'_> {
 
         // Forward.
         let t = Instant::now();
+        self.phase = Some((Phase::Forward, t));
         let forward_err = |e: anyhow::Error| Abort::new(Phase::Forward, e);
         self.kill_old_at(inject::Point::Forward)
             .map_err(forward_err)?;
@@ -679,6 +703,7 @@ impl Transaction<'_> {
         if cfg.verify {
             // Reverse: the future's state back into a fresh old version.
             let t = Instant::now();
+            self.phase = Some((Phase::Reverse, t));
             let reverse_err = |e: anyhow::Error| Abort::new(Phase::Reverse, e);
             self.kill_old_at(inject::Point::Reverse)
                 .map_err(reverse_err)?;
@@ -723,6 +748,7 @@ impl Transaction<'_> {
 
             // Compare.
             let t = Instant::now();
+            self.phase = Some((Phase::Compare, t));
             let compare_err = |e: anyhow::Error| Abort::new(Phase::Compare, e);
             self.kill_old_at(inject::Point::Compare)
                 .map_err(compare_err)?;
