@@ -1,6 +1,8 @@
 //! Capturing a [`StateGraph`] from an address space.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::hash_map::Entry;
+use std::collections::VecDeque;
+use std::fmt::Write as _;
 use std::rc::Rc;
 
 use serde::Serialize;
@@ -8,7 +10,8 @@ use tracer::{Memory, RemoteAddr};
 
 use super::layout::{layout_of, Layout, Slot};
 use super::{
-    Edge, External, Guess, How, Object, ObjectId, ObjectKind, Reason, StateGraph, Target, Warning,
+    AddrMap, Edge, External, Guess, How, Object, ObjectId, ObjectKind, Reason, StateGraph, Target,
+    Warning,
 };
 use crate::debuginfo::{Binary, FatPointerKind, Type, TypeId};
 
@@ -81,13 +84,13 @@ where
         mem,
         space,
         graph: StateGraph::default(),
-        layouts: HashMap::new(),
-        heap_index: HashMap::new(),
+        layouts: AddrMap::default(),
+        heap_index: AddrMap::default(),
         globals: Vec::new(),
         typed: VecDeque::new(),
         untyped: VecDeque::new(),
         scanned_untyped: Vec::new(),
-        externals: HashMap::new(),
+        externals: AddrMap::default(),
     };
     c.add_globals(bias);
     c.run();
@@ -99,9 +102,9 @@ struct Capturer<'a, M: ?Sized, S: ?Sized> {
     mem: &'a M,
     space: &'a S,
     graph: StateGraph,
-    layouts: HashMap<TypeId, Rc<Layout>>,
+    layouts: AddrMap<TypeId, Rc<Layout>>,
     /// Heap objects by start address.
-    heap_index: HashMap<RemoteAddr, ObjectId>,
+    heap_index: AddrMap<RemoteAddr, ObjectId>,
     /// Globals as (start, end, id), sorted by start.
     globals: Vec<(u64, u64, ObjectId)>,
     typed: VecDeque<ObjectId>,
@@ -110,7 +113,7 @@ struct Capturer<'a, M: ?Sized, S: ?Sized> {
     scanned_untyped: Vec<bool>,
     /// Targets outside the heap and the globals, by address: the same few functions and
     /// literals are named by many pointers, and classifying one costs a symbol lookup.
-    externals: HashMap<u64, Target>,
+    externals: AddrMap<u64, Target>,
 }
 
 impl<M: Memory + ?Sized, S: AddressSpace + ?Sized> Capturer<'_, M, S> {
@@ -207,13 +210,13 @@ impl<M: Memory + ?Sized, S: AddressSpace + ?Sized> Capturer<'_, M, S> {
         if layout.slots.is_empty() {
             return;
         }
+        let mut prefix = String::new();
         for i in 0..count {
             let base = i * esize;
-            let prefix = if count > 1 {
-                format!("[{i}]")
-            } else {
-                String::new()
-            };
+            if count > 1 {
+                prefix.clear();
+                write!(prefix, "[{i}]").expect("write to String");
+            }
             self.walk_slots(id, &layout, base, &prefix, size);
         }
     }
@@ -231,7 +234,7 @@ impl<M: Memory + ?Sized, S: AddressSpace + ?Sized> Capturer<'_, M, S> {
                         continue;
                     };
                     if v != 0 {
-                        self.pointer(id, off, v, *target, format!("{prefix}{path}"), None);
+                        self.pointer(id, off, v, *target, concat(prefix, path), None);
                     }
                 }
                 Slot::FnPointer { offset, path } => {
@@ -240,7 +243,7 @@ impl<M: Memory + ?Sized, S: AddressSpace + ?Sized> Capturer<'_, M, S> {
                         continue;
                     };
                     if v != 0 {
-                        self.pointer(id, off, v, None, format!("{prefix}{path}"), None);
+                        self.pointer(id, off, v, None, concat(prefix, path), None);
                     }
                 }
                 Slot::Fat { offset, fat, path } => {
@@ -254,7 +257,7 @@ impl<M: Memory + ?Sized, S: AddressSpace + ?Sized> Capturer<'_, M, S> {
                     if data == 0 {
                         continue;
                     }
-                    let p = format!("{prefix}{path}");
+                    let p = concat(prefix, path);
                     match fat.kind {
                         FatPointerKind::Slice | FatPointerKind::Str => {
                             self.pointer(id, data_off, data, fat.pointee, p, Some(meta));
@@ -278,7 +281,7 @@ impl<M: Memory + ?Sized, S: AddressSpace + ?Sized> Capturer<'_, M, S> {
                         base + offset,
                         base + offset + usize_,
                         reason,
-                        format!("{prefix}{path}"),
+                        concat(prefix, path),
                     );
                 }
                 Slot::Integer { offset, ty, path } => {
@@ -288,7 +291,7 @@ impl<M: Memory + ?Sized, S: AddressSpace + ?Sized> Capturer<'_, M, S> {
                     };
                     if v != 0 && self.names_object(v) {
                         let reason = Reason::IntegerHoldsAddress { ty: ty.clone() };
-                        self.scan_range(id, off, off + 8, reason, format!("{prefix}{path}"));
+                        self.scan_range(id, off, off + 8, reason, concat(prefix, path));
                     }
                 }
                 Slot::Variant { offset, ty, path } => {
@@ -329,8 +332,11 @@ impl<M: Memory + ?Sized, S: AddressSpace + ?Sized> Capturer<'_, M, S> {
                     };
                     let el = self.layout(*element);
                     let n = size.saturating_sub(off) / esize;
+                    let mut p = concat(prefix, path);
+                    let stem = p.len();
                     for j in 0..n {
-                        let p = format!("{prefix}{path}[{j}]");
+                        p.truncate(stem);
+                        write!(p, "[{j}]").expect("write to String");
                         self.walk_slots(id, &el, off + j * esize, &p, size);
                     }
                 }
@@ -350,11 +356,15 @@ impl<M: Memory + ?Sized, S: AddressSpace + ?Sized> Capturer<'_, M, S> {
     }
 
     /// The heap object for chunk `c`, created (and read) when first reached.
-    fn heap_object(&mut self, c: ChunkRef) -> ObjectId {
-        if let Some(&id) = self.heap_index.get(&c.start) {
-            return id;
-        }
+    /// Returns whether it is new.
+    fn heap_object(&mut self, c: ChunkRef) -> (ObjectId, bool) {
         let id = ObjectId(self.graph.objects.len() as u32);
+        match self.heap_index.entry(c.start) {
+            Entry::Occupied(e) => return (*e.get(), false),
+            Entry::Vacant(e) => {
+                e.insert(id);
+            }
+        }
         let bytes = match self.mem.read_vec(c.start, c.size as usize) {
             Ok(b) => b,
             Err(e) => {
@@ -374,8 +384,7 @@ impl<M: Memory + ?Sized, S: AddressSpace + ?Sized> Capturer<'_, M, S> {
             count: 0,
             bytes,
         });
-        self.heap_index.insert(c.start, id);
-        id
+        (id, true)
     }
 
     /// Records the pointer `v` at `offset` of `from`, typed `target` (`None`: unknown), and
@@ -417,15 +426,19 @@ impl<M: Memory + ?Sized, S: AddressSpace + ?Sized> Capturer<'_, M, S> {
                 return Target::Object { id, offset: v - s };
             }
         }
+        // A pointer to the start of an object already reached (the common case) needs no
+        // chunk lookup: objects are made only for chunks in use, at their start.
+        if let Some(&id) = self.heap_index.get(&addr) {
+            return Target::Object { id, offset: 0 };
+        }
         if let Some(c) = self.space.chunk(addr) {
             if !c.in_use {
                 return Target::Dangling {
                     why: format!("freed heap chunk at {}", c.start),
                 };
             }
-            let known = self.heap_index.contains_key(&c.start);
-            let id = self.heap_object(c);
-            if !known {
+            let (id, new) = self.heap_object(c);
+            if new {
                 // Until a typed pointer to its start types it.
                 self.untyped.push_back(id);
             }
@@ -549,4 +562,12 @@ impl<M: Memory + ?Sized, S: AddressSpace + ?Sized> Capturer<'_, M, S> {
         let size = self.graph.objects[id.index()].size;
         self.scan_range(id, 0, size, Reason::UntypedObject, String::new());
     }
+}
+
+/// `prefix` followed by `path`, in one allocation of the exact size.
+fn concat(prefix: &str, path: &str) -> String {
+    let mut s = String::with_capacity(prefix.len() + path.len());
+    s.push_str(prefix);
+    s.push_str(path);
+    s
 }

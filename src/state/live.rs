@@ -2,7 +2,6 @@
 //! reads, classify addresses with its mappings and symbols, let it go, and build the graph
 //! from the copy.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use tracer::procfs::{Mapping, MappingKind};
@@ -10,6 +9,7 @@ use tracer::symbols::SymbolResolver;
 use tracer::{Memory, Pid, ProcessMemory, RemoteAddr, Snapshot};
 
 use super::capture::{AddressSpace, ChunkRef, Region, RegionKind};
+use super::AddrMap;
 
 /// Where heap chunks are: the allocator's view, as capture needs it.
 pub trait ChunkIndex {
@@ -33,10 +33,13 @@ fn chunk_ref(c: &crate::heap::Chunk) -> ChunkRef {
 
 /// A heap with a hash index of chunk starts in front of its binary search: most pointers
 /// point at the start of a chunk, and with a million chunks every probe of the binary search
-/// is a cache miss (the search was most of the capture's time).
+/// is a cache miss (the search was most of the capture's time). Each start maps to its usable
+/// size shifted left by one, with the low bit saying whether it is in use: 16-byte entries
+/// keep the table half the size of one holding [`ChunkRef`]s, and its probes miss the cache
+/// less.
 pub struct IndexedHeap<'a> {
     heap: &'a crate::heap::Heap,
-    starts: HashMap<RemoteAddr, ChunkRef>,
+    starts: AddrMap<u64, u64>,
 }
 
 impl<'a> IndexedHeap<'a> {
@@ -45,7 +48,10 @@ impl<'a> IndexedHeap<'a> {
         let starts = heap
             .chunks()
             .iter()
-            .map(|c| (c.user, chunk_ref(c)))
+            .map(|c| {
+                let c = chunk_ref(c);
+                (c.start.get(), (c.size << 1) | u64::from(c.in_use))
+            })
             .collect();
         IndexedHeap { heap, starts }
     }
@@ -53,8 +59,12 @@ impl<'a> IndexedHeap<'a> {
 
 impl ChunkIndex for IndexedHeap<'_> {
     fn chunk(&self, addr: RemoteAddr) -> Option<ChunkRef> {
-        match self.starts.get(&addr) {
-            Some(c) => Some(*c),
+        match self.starts.get(&addr.get()) {
+            Some(&packed) => Some(ChunkRef {
+                start: addr,
+                size: packed >> 1,
+                in_use: packed & 1 == 1,
+            }),
             None => self.heap.chunk(addr),
         }
     }

@@ -18,10 +18,43 @@ pub mod live;
 
 pub use capture::{capture, AddressSpace, ChunkRef, Region, RegionKind};
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
 use serde::Serialize;
 use tracer::RemoteAddr;
 
 use crate::debuginfo::TypeId;
+
+/// A hasher for addresses and other plain integers (a multiply and a fold): capture looks up
+/// millions of heap addresses, where SipHash was a large share of the time. The keys are the
+/// process's own addresses, so collision attacks are not a concern. The fold matters: heap
+/// addresses are 16-byte aligned, and the table picks buckets by the hash's low bits.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 32)
+    }
+}
+
+/// A hash map keyed by addresses (or other integers), hashed with [`AddrHasher`].
+pub(crate) type AddrMap<K, V> = HashMap<K, V, BuildHasherDefault<AddrHasher>>;
 
 /// Index of an object in [`StateGraph::objects`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
