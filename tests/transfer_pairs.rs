@@ -8,97 +8,20 @@
 //! Connections are not transferred yet (that is the update's part): a client's descriptor in
 //! the state names nothing in the new process, which its loop then drops.
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
+mod common;
+
 use std::time::Duration;
 
-use fixtures::{Fixture, LineClient, LineReader};
-use tracer::remote::RemoteSession;
-use tracer::spawn::{spawn, SpawnConfig};
-use tracer::symbols::SymbolResolver;
-use tracer::{SyscallAction, Tracee};
+use common::{release, spawn_at_poll, transfer_into, HeldServer};
+use fixtures::{Fixture, LineClient};
 use transplant::mapping::rules::Rules;
-use transplant::mapping::Mapping;
 use transplant::state::live::{capture_process, capture_stopped, LiveCapture};
-use transplant::transfer::{apply, plan_mapped, read_only_data, Destination};
-
-/// A server fixture spawned under trace, held at its `poll`, with its port.
-struct HeldServer {
-    tracee: Tracee,
-    tid: tracer::Pid,
-    port: u16,
-}
-
-fn spawn_at_poll(name: &str) -> HeldServer {
-    let (out_r, out_w) = nix::unistd::pipe().unwrap();
-    let cfg = SpawnConfig::new(fixtures::path(name))
-        .argv([name, "0"])
-        .fd(out_w.as_raw_fd(), 1);
-    let mut tracee = spawn(&cfg).unwrap();
-    drop(out_w);
-    let mut at_poll = |_: &tracer::ProcessMemory, e: &tracer::SyscallEntry| {
-        Ok(if e.nr == libc::SYS_poll as u64 {
-            SyscallAction::Hold
-        } else {
-            SyscallAction::Run
-        })
-    };
-    let held = tracee
-        .run(Duration::from_secs(20), None, Some(&mut at_poll))
-        .unwrap();
-    let mut out = LineReader::new(File::from(out_r));
-    let ready = fixtures::parse_fields(
-        out.line(fixtures::LINE_TIMEOUT)
-            .unwrap()
-            .trim_start_matches("READY"),
-    );
-    HeldServer {
-        tracee,
-        tid: held.tid(),
-        port: ready["port"].parse().unwrap(),
-    }
-}
 
 /// Transfers `from` into `to` (held at its poll) under `rules`, and releases `to`: its poll
 /// returns EINTR and it runs on, traced.
-fn transfer_into(from: &LiveCapture, to: &mut HeldServer, rules: &Rules, reverse: bool) {
-    let target = capture_stopped(&to.tracee).unwrap();
-    let mapping = if reverse {
-        Mapping::reverse(&target.binary, &from.binary, rules)
-    } else {
-        Mapping::new(&from.binary, &target.binary, rules)
-    };
-    let refused: Vec<_> = mapping.refused().collect();
-    assert!(refused.is_empty(), "{refused:#?}");
-    let pid = to.tracee.pid();
-    let symbols = SymbolResolver::new(pid).unwrap();
-    let rodata = read_only_data(pid).unwrap();
-    let dst = Destination {
-        binary: &target.binary,
-        bias: target.bias,
-        symbols: &symbols,
-        graph: &target.graph,
-        rodata: &rodata,
-    };
-    let effective = if reverse {
-        rules.inverted()
-    } else {
-        rules.clone()
-    };
-    let plan = plan_mapped(&from.graph, &from.binary, &dst, &mapping, &effective).unwrap();
-    let malloc = symbols.lookup_in("libc.so", "malloc").unwrap();
-    let free = symbols.lookup_in("libc.so", "free").unwrap();
-    {
-        let mut s = RemoteSession::open(&mut to.tracee, to.tid).unwrap();
-        apply(&mut s, malloc, free, &plan).unwrap();
-        s.close().unwrap();
-    }
-    to.tracee
-        .skip_held_syscall(to.tid, -(libc::EINTR as i64))
-        .unwrap();
-    to.tracee
-        .resume_all(tracer::ptrace::Restart::Continue)
-        .unwrap();
+fn transfer_and_release(from: &LiveCapture, to: &mut HeldServer, rules: &Rules, reverse: bool) {
+    transfer_into(from, to, rules, reverse);
+    release(to);
 }
 
 fn run(topic: &str, rules: &str, fill: &[&str], after: &[(&str, &str)]) {
@@ -113,7 +36,7 @@ fn run(topic: &str, rules: &str, fill: &[&str], after: &[(&str, &str)]) {
     // Forward: v1 -> a fresh v2.
     let mut v2 = spawn_at_poll(&format!("upd_{topic}_v2"));
     let state1 = capture_process(v1.pid()).unwrap();
-    transfer_into(&state1, &mut v2, &rules, false);
+    transfer_and_release(&state1, &mut v2, &rules, false);
     let mut c2 = LineClient::connect(v2.port);
     assert_eq!(c2.ask("VERSION"), "v2");
     assert_eq!(c2.dump(), dump1, "v2 serves v1's items");
@@ -127,7 +50,7 @@ fn run(topic: &str, rules: &str, fill: &[&str], after: &[(&str, &str)]) {
         .resume_all(tracer::ptrace::Restart::Continue)
         .unwrap();
     let mut back = spawn_at_poll(&format!("upd_{topic}_v1"));
-    transfer_into(&state2, &mut back, &rules, true);
+    transfer_and_release(&state2, &mut back, &rules, true);
     let mut cb = LineClient::connect(back.port);
     assert_eq!(cb.ask("VERSION"), "v1");
     assert_eq!(cb.dump(), dump1, "the round trip gives v1's state back");
