@@ -3,6 +3,7 @@
 //! type units, non-PIE, two compilation units, stripped, detached debug info), a small Rust
 //! program, and Debian's libc with its debug file found by build-id.
 
+use fixtures::Scratch;
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -17,28 +18,6 @@ use transplant::debuginfo::{
 
 // ---------------------------------------------------------------------------------------
 // Harness
-
-/// A scratch directory under cargo's per-test-target temp dir, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("debuginfo-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create scratch dir");
-        Scratch(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Runs a command, failing the test with its output if it fails; returns stdout.
 fn run(cmd: &mut Command) -> String {
@@ -776,7 +755,7 @@ fn summary(bin: &Binary) -> Vec<(String, String, String, Option<u64>)> {
 fn dwarf4_and_type_units_give_the_same_model() {
     let reference = load_types();
     let want = summary(&reference);
-    let scratch = Scratch::new("dwarf4");
+    let scratch = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "debuginfo-dwarf4");
     for (name, flags) in [
         ("dwarf4", &["-gdwarf-4"][..]),
         ("dwarf4-types", &["-gdwarf-4", "-fdebug-types-section"][..]),
@@ -815,7 +794,7 @@ fn pie_load_bias_and_non_pie() {
     assert_eq!(pie.first_load_page(), 0);
     assert_eq!(pie.load_bias(0x5555_5555_4000), 0x5555_5555_4000);
 
-    let scratch = Scratch::new("nopie");
+    let scratch = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "debuginfo-nopie");
     let exe = scratch.path("types-nopie");
     build_types(&exe, &["-no-pie"]);
     let bin = Binary::load(&exe).unwrap();
@@ -879,7 +858,7 @@ fn addresses_plus_load_bias_find_the_values_in_a_live_process() {
 
 #[test]
 fn identical_types_of_two_units_are_merged_and_statics_kept_apart() {
-    let scratch = Scratch::new("two-units");
+    let scratch = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "debuginfo-two-units");
     let a = scratch.path("a.c");
     let b = scratch.path("b.c");
     std::fs::write(
@@ -960,7 +939,7 @@ fn err_text(r: Result<Binary, DebugInfoError>) -> (DebugInfoError, String) {
 
 #[test]
 fn missing_non_elf_foreign_and_object_files_are_refused_by_name() {
-    let scratch = Scratch::new("errors");
+    let scratch = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "debuginfo-errors");
     let missing = scratch.path("no-such-binary");
     let (e, s) = err_text(Binary::load(&missing));
     assert!(matches!(e, DebugInfoError::Io { .. }), "{e:?}");
@@ -1011,7 +990,7 @@ fn missing_non_elf_foreign_and_object_files_are_refused_by_name() {
 
 #[test]
 fn stripped_binary_is_refused_with_what_was_searched() {
-    let scratch = Scratch::new("stripped");
+    let scratch = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "debuginfo-stripped");
     let exe = scratch.path("types-stripped");
     run(Command::new("strip")
         .arg("--strip-debug")
@@ -1030,7 +1009,7 @@ fn stripped_binary_is_refused_with_what_was_searched() {
 
 #[test]
 fn separate_debug_file_is_found_by_debuglink_and_build_id() {
-    let scratch = Scratch::new("debuglink");
+    let scratch = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "debuginfo-debuglink");
     let fixture = fixtures::path("types");
     let full = load_types();
     let dbg = scratch.path("types.debug");
@@ -1133,7 +1112,7 @@ fn only(types: &Types, name: &str) -> TypeId {
 
 #[test]
 fn rust_enums_fat_pointers_and_paths_are_modelled() {
-    let scratch = Scratch::new("rust");
+    let scratch = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "debuginfo-rust");
     let src = scratch.path("shapes.rs");
     std::fs::write(&src, RUST_PROGRAM).unwrap();
     let exe = scratch.path("shapes");

@@ -4,45 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use fixtures::{Fixture, LineClient, Load, Reaper};
+use fixtures::{Fixture, LineClient, Load, ProcView, Reaper};
 use tracer::Pid;
 use transplant::mapping::rules::Rules;
 use transplant::update::inject::{CrashSignal, Point};
 use transplant::update::{update, Config, Injection, Outcome, Phase, Report};
-
-/// What `/proc/PID` shows of a process's descriptors and mappings, to prove nothing was left
-/// in it.
-#[derive(Debug, PartialEq, Eq)]
-struct ProcView {
-    fds: BTreeMap<String, String>,
-    maps: Vec<String>,
-}
-
-fn proc_view(pid: Pid) -> ProcView {
-    let mut fds = BTreeMap::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
-        let e = e.unwrap();
-        let link = std::fs::read_link(e.path()).unwrap();
-        fds.insert(
-            e.file_name().to_string_lossy().into_owned(),
-            link.display().to_string(),
-        );
-    }
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .unwrap()
-        .lines()
-        // The stack's and heap's extent may move as the process serves; their presence may not.
-        .map(|l| {
-            let (range, rest) = l.split_once(' ').unwrap();
-            if rest.ends_with("[stack]") || rest.ends_with("[heap]") {
-                format!("{} {rest}", &range[..range.find('-').unwrap()])
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect();
-    ProcView { fds, maps }
-}
 
 /// A pair's name, rules and the requests that fill v1.
 struct Pair {
@@ -215,7 +181,7 @@ fn forced_failure_in(topic: &str, injection: Injection, phase: Phase) -> Report 
     let pid = old.fixture.pid();
     let before = &mut old.client;
     assert_eq!(before.ask("VERSION"), "v1");
-    let view_before = proc_view(pid);
+    let view_before = ProcView::of(pid);
     let epolls_before = epoll_fdinfo(pid);
 
     let mut cfg = config(&p, pid);
@@ -235,7 +201,7 @@ fn forced_failure_in(topic: &str, injection: Injection, phase: Phase) -> Report 
     }
     // Nothing left in it: compared before any new connection changes its descriptors.
     assert_eq!(
-        proc_view(pid),
+        ProcView::of(pid),
         view_before,
         "descriptors or mappings left behind"
     );
@@ -436,7 +402,7 @@ fn a_process_that_never_reaches_its_quiescent_point_is_left_running_untouched() 
     let p = pair("hash");
     let mut old = start_old(&p);
     let pid = old.fixture.pid();
-    let view = proc_view(pid);
+    let view = ProcView::of(pid);
     let mut cfg = config(&p, pid);
     // Only called for a request, and nobody sends one.
     cfg.at = Some("upd_handle".into());
@@ -447,7 +413,7 @@ fn a_process_that_never_reaches_its_quiescent_point_is_left_running_untouched() 
     };
     assert_eq!(*phase, Phase::Quiesce);
     assert!(reason.contains(&pid.to_string()), "{reason}");
-    assert_eq!(proc_view(pid), view);
+    assert_eq!(ProcView::of(pid), view);
     let c = &mut old.client;
     assert_eq!(c.ask("SUM"), old.sum);
     assert_eq!(c.dump(), old.dump);

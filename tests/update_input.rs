@@ -3,12 +3,11 @@
 //! process that exits during the update aborts it, naming the process, with nothing left
 //! behind; and the new version runs with the old process's credentials, never the caller's.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use fixtures::{Fixture, LineClient, PublicCopy, Reaper};
+use fixtures::{Fixture, LineClient, ProcView, PublicCopy, Reaper, Scratch};
 use tracer::{Pid, Tracee};
 use transplant::update::inject::Point;
 use transplant::update::{update, Config, Injection, Outcome, Phase, Report};
@@ -18,40 +17,6 @@ const NOBODY: u32 = 65534;
 
 // ---------------------------------------------------------------------------------------
 // Harness
-
-/// What `/proc/PID` shows of a process's descriptors and mappings, to prove nothing was left
-/// in it.
-#[derive(Debug, PartialEq, Eq)]
-struct ProcView {
-    fds: BTreeMap<String, String>,
-    maps: Vec<String>,
-}
-
-fn proc_view(pid: Pid) -> ProcView {
-    let mut fds = BTreeMap::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
-        let e = e.unwrap();
-        let link = std::fs::read_link(e.path()).unwrap();
-        fds.insert(
-            e.file_name().to_string_lossy().into_owned(),
-            link.display().to_string(),
-        );
-    }
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .unwrap()
-        .lines()
-        // The stack's and heap's extent may move as the process serves; their presence may not.
-        .map(|l| {
-            let (range, rest) = l.split_once(' ').unwrap();
-            if rest.ends_with("[stack]") || rest.ends_with("[heap]") {
-                format!("{} {rest}", &range[..range.find('-').unwrap()])
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect();
-    ProcView { fds, maps }
-}
 
 /// A running, filled `upd_hash_v1` with everything needed to prove later that it was not
 /// touched: a connection opened before, its data, and its `/proc` view.
@@ -94,7 +59,7 @@ impl Old {
         assert_eq!(client.ask("VERSION"), "v1");
         let dump = client.dump();
         let sum = client.ask("SUM");
-        let view = proc_view(pid);
+        let view = ProcView::of(pid);
         Old {
             _fixture: fixture,
             pid,
@@ -112,7 +77,7 @@ impl Old {
     fn assert_untouched(&mut self, what: &str) {
         assert!(fixtures::is_running(self.pid), "{what}: process is gone");
         assert_eq!(
-            proc_view(self.pid),
+            ProcView::of(self.pid),
             self.view,
             "{what}: descriptors or mappings changed"
         );
@@ -171,29 +136,6 @@ fn assert_no_strays(known: &[Pid], what: &str) {
         strays.is_empty(),
         "{what}: processes left behind: {strays:?}"
     );
-}
-
-/// A scratch directory under cargo's per-test-target temp dir, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("update-input-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create scratch dir");
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A copy of the `transplant` binary any user may execute (the target directory may sit under
@@ -366,7 +308,7 @@ fn bad_to(to: &Path, needles: &[&str]) -> String {
 
 #[test]
 fn a_missing_new_version_is_refused_by_path() {
-    let scratch = Scratch::new("missing");
+    let scratch = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "update-input-missing");
     let missing = scratch.path("no-such-binary");
     let message = bad_to(&missing, &["No such file"]);
     // Each cause said once, though the error's message and its source both carry the OS's.
@@ -375,7 +317,7 @@ fn a_missing_new_version_is_refused_by_path() {
 
 #[test]
 fn a_new_version_that_is_not_elf_is_refused() {
-    let scratch = Scratch::new("not-elf");
+    let scratch = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "update-input-not-elf");
     let text = scratch.path("notes.txt");
     std::fs::write(&text, "upd_hash v2, honestly\n").unwrap();
     bad_to(&text, &["not an ELF file"]);
@@ -383,7 +325,7 @@ fn a_new_version_that_is_not_elf_is_refused() {
 
 #[test]
 fn a_new_version_for_another_architecture_is_refused() {
-    let scratch = Scratch::new("foreign");
+    let scratch = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "update-input-foreign");
     // v2 with its e_machine patched to AArch64 (183).
     let mut data = std::fs::read(v2()).unwrap();
     data[18..20].copy_from_slice(&183u16.to_le_bytes());
@@ -394,7 +336,7 @@ fn a_new_version_for_another_architecture_is_refused() {
 
 #[test]
 fn a_new_version_without_debug_info_is_refused() {
-    let scratch = Scratch::new("stripped");
+    let scratch = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "update-input-stripped");
     let stripped = scratch.path("upd_hash_v2-stripped");
     let out = Command::new("strip")
         .arg("--strip-debug")
