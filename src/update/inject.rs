@@ -123,10 +123,11 @@ impl Injection {
         anyhow::anyhow!("injected fault: {self:?}")
     }
 
-    /// For [`Injection::KillOld`]: kills process `old` and waits until it has exited, without
-    /// reaping it (`waitid` with `WNOWAIT`): it stays for its parent to reap, and whatever the
-    /// update does next finds it gone, not dying. Other faults do nothing here.
-    pub(crate) fn kill_old(&self, old: Pid) -> anyhow::Result<()> {
+    /// The faults that strike the old process itself. [`Injection::KillOld`]: kills process
+    /// `old` and waits until it has exited, without reaping it (`waitid` with `WNOWAIT`): it
+    /// stays for its parent to reap, and whatever the update does next finds it gone, not
+    /// dying. [`Injection::SignalOld`]: sends the signal. Other faults do nothing here.
+    pub(crate) fn strike_old(&self, old: Pid) -> anyhow::Result<()> {
         use nix::sys::wait::{waitid, Id, WaitPidFlag};
         if let Injection::SignalOld { signal, .. } = self {
             let sig = nix::sys::signal::Signal::try_from(*signal)?;

@@ -491,9 +491,9 @@ impl Transaction<'_> {
     }
 
     /// An injected [`Injection::KillOld`] striking at `at`.
-    fn kill_old_at(&self, at: inject::Point) -> anyhow::Result<()> {
+    fn strike_old_at(&self, at: inject::Point) -> anyhow::Result<()> {
         self.injected(at)
-            .map_or(Ok(()), |i| i.kill_old(self.cfg.pid))
+            .map_or(Ok(()), |i| i.strike_old(self.cfg.pid))
     }
 
     fn run(&mut self) -> Result<(), Abort> {
@@ -616,7 +616,7 @@ impl Transaction<'_> {
         let t = Instant::now();
         self.phase = Some((Phase::Quiesce, t));
         let quiesce = |e: anyhow::Error| Abort::new(Phase::Quiesce, e);
-        self.kill_old_at(inject::Point::Quiesce).map_err(quiesce)?;
+        self.strike_old_at(inject::Point::Quiesce).map_err(quiesce)?;
         let mut old = Tracee::seize(pid).map_err(|e| quiesce(e.into()))?;
         self.downtime_start = Some(Instant::now());
         let old_held = self.quiesce_old(&mut old).map_err(|e| {
@@ -631,7 +631,7 @@ impl Transaction<'_> {
         let t = Instant::now();
         self.phase = Some((Phase::Capture, t));
         let capture_err = |e: anyhow::Error| Abort::new(Phase::Capture, e);
-        self.kill_old_at(inject::Point::Capture)
+        self.strike_old_at(inject::Point::Capture)
             .map_err(capture_err)?;
         if let Some(i) = self
             .injected(inject::Point::Capture)
@@ -655,7 +655,7 @@ impl Transaction<'_> {
         let t = Instant::now();
         self.phase = Some((Phase::Forward, t));
         let forward_err = |e: anyhow::Error| Abort::new(Phase::Forward, e);
-        self.kill_old_at(inject::Point::Forward)
+        self.strike_old_at(inject::Point::Forward)
             .map_err(forward_err)?;
         let rules = &cfg.rules;
         let forward_plan = plan_mapped(
@@ -705,7 +705,7 @@ impl Transaction<'_> {
             let t = Instant::now();
             self.phase = Some((Phase::Reverse, t));
             let reverse_err = |e: anyhow::Error| Abort::new(Phase::Reverse, e);
-            self.kill_old_at(inject::Point::Reverse)
+            self.strike_old_at(inject::Point::Reverse)
                 .map_err(reverse_err)?;
             let future = parts.future.as_ref().expect("spawned");
             let future_state = future_prepared
@@ -750,7 +750,7 @@ impl Transaction<'_> {
             let t = Instant::now();
             self.phase = Some((Phase::Compare, t));
             let compare_err = |e: anyhow::Error| Abort::new(Phase::Compare, e);
-            self.kill_old_at(inject::Point::Compare)
+            self.strike_old_at(inject::Point::Compare)
                 .map_err(compare_err)?;
             if let Some(i) = self.injected(inject::Point::Compare) {
                 i.corrupt(&reversed.tracee, &self.checked.old_binary)
