@@ -27,6 +27,15 @@ struct Cli {
     /// system call.
     #[arg(long, value_name = "FUNCTION", requires = "pid")]
     at: Option<String>,
+    /// Milliseconds the new version must run, serving, with the old process stopped but kept,
+    /// before the old one is killed; a crash, an exit or a second start-up in that time rolls
+    /// back to the old process.
+    #[arg(long, value_name = "MS", default_value_t = 300, requires = "pid")]
+    probation: u64,
+    /// The argument vector to start the new version with (after `--`), for a process that
+    /// rewrote its title so that /proc/PID/cmdline no longer is its argv.
+    #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "ARG", requires = "pid")]
+    argv: Option<Vec<std::ffi::OsString>>,
     /// Skip the time-traveling check (the reverse transfer and comparison).
     #[arg(long, requires = "pid")]
     no_verify: bool,
@@ -167,6 +176,8 @@ fn main() -> ExitCode {
             rules: cli.rules.clone(),
             timeout: cli.timeout,
             at: cli.at.clone(),
+            probation: cli.probation,
+            argv: cli.argv.clone(),
             no_verify: cli.no_verify,
             no_values: cli.no_values,
             json: cli.json,

@@ -192,6 +192,7 @@ fn forced_failure_in(topic: &str, injection: Injection, phase: Phase) -> Report 
     match &report.outcome {
         Outcome::Aborted { phase: at, .. } => assert_eq!(*at, phase, "{report:#?}"),
         Outcome::Committed => panic!("committed despite the fault: {report:#?}"),
+        Outcome::Refused { .. } => panic!("refused before the fault struck: {report:#?}"),
     }
     for spawned in [report.new_pid, report.reversed_pid].into_iter().flatten() {
         assert!(

@@ -396,17 +396,17 @@ fn a_process_killed_while_stopped_before_capture_aborts_the_update() {
 #[test]
 fn a_process_killed_during_the_forward_transfer_is_not_replaced() {
     // Its state was captured already; the new version must still not take over.
-    killed_during_the_update(Point::Forward, Phase::Commit);
+    killed_during_the_update(Point::Forward, Phase::Probation);
 }
 
 #[test]
 fn a_process_killed_during_the_reverse_transfer_is_not_replaced() {
-    killed_during_the_update(Point::Reverse, Phase::Commit);
+    killed_during_the_update(Point::Reverse, Phase::Probation);
 }
 
 #[test]
 fn a_process_killed_before_the_comparison_is_not_replaced() {
-    killed_during_the_update(Point::Compare, Phase::Commit);
+    killed_during_the_update(Point::Compare, Phase::Probation);
 }
 
 // ---------------------------------------------------------------------------------------

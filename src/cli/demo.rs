@@ -63,7 +63,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
     }
     let view = load.stop();
     let mut out = std::io::stdout().lock();
-    super::update::print_report(&mut out, &report)?;
+    super::update::print_report(&mut out, &report, &v2)?;
     drop(out);
     server.reaped_by_update = committed;
 

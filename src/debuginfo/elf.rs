@@ -153,6 +153,21 @@ pub(crate) fn segments(file: &object::File<'_>) -> Vec<Segment> {
         .collect()
 }
 
+/// The `PT_GNU_RELRO` range, link-time `[start, end)`.
+pub(crate) fn relro(data: &[u8]) -> Option<(u64, u64)> {
+    use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
+    let elf = ElfFile64::<object::Endianness>::parse(data).ok()?;
+    let endian = elf.endian();
+    let ph = elf
+        .elf_header()
+        .program_headers(endian, data)
+        .ok()?
+        .iter()
+        .find(|p| p.p_type(endian) == object::elf::PT_GNU_RELRO)?;
+    let start = ph.p_vaddr(endian);
+    Some((start, start + ph.p_memsz(endian)))
+}
+
 /// Defined, named symbols of `.symtab` and `.dynsym`.
 pub(crate) fn symbols(file: &object::File<'_>, out: &mut Vec<Symbol>) {
     for s in file.symbols().chain(file.dynamic_symbols()) {

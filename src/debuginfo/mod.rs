@@ -184,6 +184,8 @@ pub struct Binary {
     build_id: Option<Vec<u8>>,
     kind: ElfKind,
     segments: Vec<Segment>,
+    /// `PT_GNU_RELRO`: link-time `[start, end)` made read-only after relocation.
+    relro: Option<(u64, u64)>,
     types: Types,
     units: Vec<CompilationUnit>,
     variables: Vec<Variable>,
@@ -223,6 +225,7 @@ impl Binary {
         let file = elf::parse(path, &data)?;
         let kind = elf::kind(path, &file)?;
         let segments = elf::segments(&file);
+        let relro = elf::relro(&data);
         let build_id = {
             use object::Object;
             file.build_id().ok().flatten().map(<[u8]>::to_vec)
@@ -328,6 +331,7 @@ impl Binary {
             build_id,
             kind,
             segments,
+            relro,
             types: parsed.types,
             units: parsed.units,
             variables,
@@ -371,6 +375,19 @@ impl Binary {
     /// The `PT_LOAD` segments.
     pub fn segments(&self) -> &[Segment] {
         &self.segments
+    }
+
+    /// Whether link-time address `vaddr` is read-only in a running process: in a `PT_LOAD`
+    /// segment without `PF_W` (`.rodata`), or in `PT_GNU_RELRO` (`.data.rel.ro`, made
+    /// read-only once relocated). What lies there is the program's, not its state.
+    pub fn is_read_only(&self, vaddr: u64) -> bool {
+        if self.relro.is_some_and(|(s, e)| vaddr >= s && vaddr < e) {
+            return true;
+        }
+        self.segments
+            .iter()
+            .find(|s| vaddr >= s.vaddr && vaddr < s.vaddr + s.memsz)
+            .is_some_and(|s| !s.writable)
     }
 
     /// Lowest `PT_LOAD` virtual address, rounded down to its 4 KiB page: the link-time

@@ -334,7 +334,9 @@ pub fn run_campaign(
         (baseline.old_state, baseline.future_state, dry_run_passed)
     else {
         let (phase, reason) = match report.outcome {
-            Outcome::Aborted { phase, reason } => (phase, reason),
+            Outcome::Aborted { phase, reason } | Outcome::Refused { phase, reason } => {
+                (phase, reason)
+            }
             Outcome::Committed => (Phase::Commit, "committed".into()),
         };
         return Err(CampaignError::Baseline { pid, phase, reason });
@@ -363,7 +365,9 @@ pub fn run_campaign(
             }
         };
         let (phase, reason) = match &report.outcome {
-            Outcome::Aborted { phase, reason } => (*phase, reason.clone()),
+            Outcome::Aborted { phase, reason } | Outcome::Refused { phase, reason } => {
+                (*phase, reason.clone())
+            }
             Outcome::Committed => (Phase::Commit, "committed".into()),
         };
         let verdict = if report.fault.is_none()

@@ -217,12 +217,17 @@ impl<'a> Builder<'a> {
     fn globals(&mut self) -> Vec<GlobalMap> {
         let units = self.unit_map();
         let mut new_by_key: BTreeMap<String, &Variable> = BTreeMap::new();
+        // Read-only globals are not state: never mapped, never written, never compared.
         for v in self.new.variables() {
-            new_by_key.entry(Self::key(v, None)).or_insert(v);
+            if !self.new.is_read_only(v.address) {
+                new_by_key.entry(Self::key(v, None)).or_insert(v);
+            }
         }
         let mut old_by_key: BTreeMap<String, &Variable> = BTreeMap::new();
         for v in self.old.variables() {
-            old_by_key.entry(Self::key(v, None)).or_insert(v);
+            if !self.old.is_read_only(v.address) {
+                old_by_key.entry(Self::key(v, None)).or_insert(v);
+            }
         }
         let mut out = Vec::new();
         let mut used_new = BTreeSet::new();

@@ -259,6 +259,32 @@ pub struct Rules {
     pub conversions: BTreeMap<Target, ValueConversion>,
     /// Unions (and other types) copied as raw bytes, never holding a pointer.
     pub opaque: Vec<String>,
+    /// State the capture does not cover that the update may leave behind.
+    pub leave: Leave,
+}
+
+/// The `[leave]` section: state beyond the capture (threads, thread-locals, other allocators,
+/// unowned memory, stack frames) that the user says the new version may do without. Without
+/// an entry, each is a refusal.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Leave {
+    /// Threads, by name (`/proc/PID/task/TID/comm`), or `"*"`: the new version's own threads
+    /// run on with their start-up state.
+    #[serde(default)]
+    pub threads: Vec<String>,
+    /// Thread-local variables, by name, or `"*"`.
+    #[serde(default)]
+    pub thread_locals: Vec<String>,
+    /// Anonymous mappings, as `"0xSTART-0xEND"`, or `"*"`.
+    #[serde(default)]
+    pub mappings: Vec<String>,
+    /// Stack frames, by function, or `"*"` (pointers of the state into stacks too).
+    #[serde(default)]
+    pub frames: Vec<String>,
+    /// A heap of an allocator other than glibc's malloc.
+    #[serde(default)]
+    pub allocator: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -274,6 +300,8 @@ struct RawFile {
     convert: BTreeMap<Spanned<String>, Spanned<RawConvert>>,
     #[serde(default)]
     opaque: RawOpaque,
+    #[serde(default)]
+    leave: Leave,
 }
 
 type SpannedMap = BTreeMap<Spanned<String>, Spanned<String>>;
@@ -347,6 +375,7 @@ impl Rules {
         })?;
         let mut rules = Rules {
             source: Some(path.to_owned()),
+            leave: raw.leave.clone(),
             ..Rules::default()
         };
         let nonempty = |section: &str, k: &Spanned<String>, v: &Spanned<String>| {
@@ -612,6 +641,7 @@ impl Rules {
                 .iter()
                 .map(|t| type_renames_get(&self.type_renames, t))
                 .collect(),
+            leave: self.leave.clone(),
         }
     }
 

@@ -130,6 +130,11 @@ impl<M: Memory + ?Sized, S: AddressSpace + ?Sized> Capturer<'_, M, S> {
 
     fn add_globals(&mut self, bias: u64) {
         for (i, var) in self.binary.variables().iter().enumerate() {
+            // `const` data and what RELRO made read-only are the program, not its state: the
+            // new version has its own.
+            if self.binary.is_read_only(var.address) {
+                continue;
+            }
             let size = var.size.max(var.symbol_size).unwrap_or(0);
             let addr = RemoteAddr::new(var.address.wrapping_add(bias));
             let id = ObjectId(self.graph.objects.len() as u32);

@@ -25,6 +25,8 @@ pub enum Point {
     Reverse,
     /// Between the reverse transfer and the comparison.
     Compare,
+    /// When the new version starts serving on probation.
+    Probation,
 }
 
 /// How a spawned process is made to crash during a transfer.
@@ -93,6 +95,9 @@ pub enum Injection {
         /// The signal's number.
         signal: i32,
     },
+    /// The new version crashes (a `SIGSEGV`) right after it takes over, as a new version
+    /// that dereferences the transferred state wrongly would: probation must catch it.
+    CrashNew,
     /// The transfer plan is corrupted: what a buggy transfer would write.
     Plan {
         /// Which transfer.
@@ -115,6 +120,7 @@ impl Injection {
             | Injection::SignalOld { at, .. }
             | Injection::Plan { at, .. } => *at,
             Injection::FlipGlobal { .. } => Point::Compare,
+            Injection::CrashNew => Point::Probation,
         }
     }
 
@@ -152,6 +158,15 @@ impl Injection {
                 }
             }
         }
+    }
+
+    /// [`Injection::CrashNew`]: the new version, about to serve, gets a `SIGSEGV` (delivered
+    /// as soon as it runs).
+    pub(crate) fn strike_new(&self, new: Pid) -> anyhow::Result<()> {
+        if matches!(self, Injection::CrashNew) {
+            nix::sys::signal::kill(new, nix::sys::signal::Signal::SIGSEGV)?;
+        }
+        Ok(())
     }
 
     /// Before a transfer's remote calls: plant the crash or the hang in the target's `malloc`.

@@ -20,17 +20,20 @@
 //! Every phase is timed; the [`Report`] says what happened either way.
 
 pub mod corrupt;
+pub mod coverage;
 mod fds;
+pub mod held;
 pub mod inject;
+mod output;
 mod spawned;
 
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tracer::{Held, Pid, Tracee};
+use tracer::{Pid, Tracee};
 
 use crate::debuginfo::Binary;
 use crate::mapping::rules::Rules;
@@ -68,7 +71,17 @@ pub struct Config {
     pub commit: bool,
     /// A fault to inject (tests and experiments).
     pub inject: Option<Injection>,
+    /// How long the new version must run, with the old process kept stopped, before the old
+    /// one is killed.
+    pub probation: Duration,
+    /// The argument vector to start the new version with, when `/proc/PID/cmdline` no longer
+    /// is the old process's (it rewrote its title).
+    pub argv: Option<Vec<std::ffi::OsString>>,
 }
+
+/// The default of [`Config::probation`]: long enough for a loop to go round with the
+/// transferred state and for a crash on it to show, short enough to be unnoticed.
+pub const DEFAULT_PROBATION: Duration = Duration::from_millis(300);
 
 impl Config {
     /// Defaults: 10 s to quiesce, 30 s per step, verified, committed.
@@ -84,12 +97,14 @@ impl Config {
             verify: true,
             commit: true,
             inject: None,
+            probation: DEFAULT_PROBATION,
+            argv: None,
         }
     }
 }
 
 /// The phases of an update, in order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Loading both binaries and the mapping; checking the process.
@@ -106,6 +121,8 @@ pub enum Phase {
     Reverse,
     /// Comparing the old and the reversed state.
     Compare,
+    /// The future runs with the transferred state, the old process still stopped.
+    Probation,
     /// Letting the future run in the old process's place.
     Commit,
 }
@@ -120,10 +137,51 @@ impl std::fmt::Display for Phase {
             Phase::Forward => "forward transfer",
             Phase::Reverse => "reverse transfer",
             Phase::Compare => "compare",
+            Phase::Probation => "probation",
             Phase::Commit => "commit",
         };
         f.write_str(s)
     }
+}
+
+/// Which process of the transaction something happened to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The running process being updated.
+    Old,
+    /// The new version.
+    Future,
+    /// The fresh old version of the time-traveling check.
+    Reversed,
+    /// Not known.
+    Other,
+}
+
+/// Why an update did not happen, as a kind.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Cause {
+    /// Refused: something the update cannot carry (state the capture does not cover, no
+    /// matching held point, bad input).
+    Refused,
+    /// A step failed (the message says which and why).
+    Failed,
+    /// A process of the transaction ended.
+    Exited {
+        /// Its id.
+        pid: i32,
+        /// Which one.
+        role: Role,
+        /// How.
+        how: String,
+    },
+    /// The old process itself ended during the update.
+    OldExited,
+    /// The time-traveling check found differences.
+    Differences,
+    /// A dry run ended before the commit.
+    DryRun,
 }
 
 /// Why an update did not happen; the old process was left as it was.
@@ -132,13 +190,38 @@ impl std::fmt::Display for Phase {
 pub struct Abort {
     /// Where it failed.
     pub phase: Phase,
+    /// What kind of failure.
+    pub cause: Cause,
     /// What went wrong, with the cause chain.
     pub message: String,
 }
 
 impl Abort {
+    fn refused(phase: Phase, message: String) -> Abort {
+        Abort {
+            phase,
+            cause: Cause::Refused,
+            message,
+        }
+    }
+
     fn new(phase: Phase, e: impl Into<anyhow::Error>) -> Abort {
         let e: anyhow::Error = e.into();
+        let cause = e
+            .chain()
+            .find_map(|c| match c.downcast_ref::<tracer::Error>() {
+                Some(tracer::Error::Gone { pid, status }) => Some(Cause::Exited {
+                    pid: pid.as_raw(),
+                    role: Role::Other,
+                    how: describe_status(*status),
+                }),
+                _ => None,
+            })
+            .unwrap_or(if phase == Phase::Check {
+                Cause::Refused
+            } else {
+                Cause::Failed
+            });
         // Many errors print their source in their own message too (`{path}: {source}`), and
         // a context may repeat what its cause says first (`process N`): say each thing once.
         let mut message = e.to_string();
@@ -156,7 +239,11 @@ impl Abort {
             message.push_str(&cause);
             last = cause;
         }
-        Abort { phase, message }
+        Abort {
+            phase,
+            cause,
+            message,
+        }
     }
 }
 
@@ -164,9 +251,16 @@ impl Abort {
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
-    /// The new version runs in the old one's place.
+    /// The new version runs in the old one's place, and survived its probation.
     Committed,
-    /// Nothing changed: the old process runs on.
+    /// Refused before the old process was stopped: nothing was touched.
+    Refused {
+        /// The phase that refused.
+        phase: Phase,
+        /// Why.
+        reason: String,
+    },
+    /// Stopped, then resumed: the old process runs on as before.
     Aborted {
         /// The phase that failed.
         phase: Phase,
@@ -192,10 +286,62 @@ pub struct Times {
     pub reverse: f64,
     /// Capture of the reversed process and comparison.
     pub compare: f64,
-    /// The old process stopped until the future runs (or the old one runs again on abort).
+    /// The future serving on probation, the old process stopped but kept.
+    pub probation: f64,
+    /// From the moment the old process stops serving to the moment the new one serves (the
+    /// start of probation), or the old one serves again on an abort.
     pub downtime: f64,
     /// Everything.
     pub total: f64,
+}
+
+impl Times {
+    fn slot(&mut self, phase: Phase) -> Option<&mut f64> {
+        match phase {
+            Phase::Startup => Some(&mut self.startup),
+            Phase::Quiesce => Some(&mut self.quiesce),
+            Phase::Capture => Some(&mut self.capture),
+            Phase::Forward => Some(&mut self.forward),
+            Phase::Reverse => Some(&mut self.reverse),
+            Phase::Compare => Some(&mut self.compare),
+            Phase::Probation => Some(&mut self.probation),
+            Phase::Check | Phase::Commit => None,
+        }
+    }
+}
+
+/// What became of the time-traveling check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Check {
+    /// The state came back exactly.
+    Passed,
+    /// It found differences.
+    Failed,
+    /// `--no-verify`.
+    Skipped,
+    /// The update ended before it.
+    NotReached,
+}
+
+/// Where the processes were held, and how the new version's call was resumed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct HeldReport {
+    /// The old process's wait, seen by the probe.
+    pub old: Option<String>,
+    /// The new version's held call.
+    pub new: Option<String>,
+    /// How the new version's held call is resumed.
+    pub resume: Option<held::Resume>,
+}
+
+/// How the new version did on probation.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbationReport {
+    /// How long it ran.
+    pub ms: f64,
+    /// How many times its held thread came back to a wait.
+    pub waits: u64,
 }
 
 /// What an update did.
@@ -210,8 +356,25 @@ pub struct Report {
     pub new_pid: Option<i32>,
     /// The reversed process (always gone at the end).
     pub reversed_pid: Option<i32>,
-    /// Whether the time-traveling check ran (`--no-verify` skips it).
+    /// Whether the time-traveling check ran and the state came back exactly.
     pub verified: bool,
+    /// What became of the time-traveling check.
+    pub check: Check,
+    /// Why it did not commit, as a kind (absent when committed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
+    /// Whether the old process still runs (false after a commit, or when it ended).
+    pub old_running: bool,
+    /// Where the processes were held.
+    pub held: HeldReport,
+    /// How the new version did on probation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probation: Option<ProbationReport>,
+    /// State the capture does not cover (each one refuses the update).
+    pub findings: Vec<coverage::Finding>,
+    /// The last of what the spawned processes printed, when they did not take over.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub spawned_output: String,
     /// Phase times.
     pub times_ms: Times,
     /// Objects transferred forward (globals and heap objects).
@@ -238,13 +401,27 @@ pub struct Report {
 }
 
 impl Report {
-    fn new(pid: Pid, verified: bool) -> Report {
+    fn new(pid: Pid, verify: bool) -> Report {
         Report {
-            outcome: Outcome::Committed,
+            outcome: Outcome::Refused {
+                phase: Phase::Check,
+                reason: String::new(),
+            },
             old_pid: pid.as_raw(),
             new_pid: None,
             reversed_pid: None,
-            verified,
+            verified: false,
+            check: if verify {
+                Check::NotReached
+            } else {
+                Check::Skipped
+            },
+            cause: None,
+            old_running: true,
+            held: HeldReport::default(),
+            probation: None,
+            findings: Vec::new(),
+            spawned_output: String::new(),
             times_ms: Times::default(),
             objects: 0,
             heap_objects: 0,
@@ -262,6 +439,41 @@ impl Report {
     /// Whether the new version took over.
     pub fn committed(&self) -> bool {
         matches!(self.outcome, Outcome::Committed)
+    }
+
+    /// A report of an update refused in its check, nothing touched.
+    pub fn refused(pid: Pid, abort: &Abort) -> Report {
+        let mut r = Report::new(pid, true);
+        r.outcome = Outcome::Refused {
+            phase: abort.phase,
+            reason: abort.message.clone(),
+        };
+        r.cause = Some(abort.cause.clone());
+        r
+    }
+
+    /// The exit status the command line gives this outcome: 0 committed, 1 aborted (the old
+    /// process serves as before), 3 refused (nothing touched), 4 the old process ended during
+    /// the update (nothing transplant started is left). 2 is for usage errors.
+    pub fn exit_status(&self) -> u8 {
+        match &self.outcome {
+            Outcome::Committed => 0,
+            _ if !self.old_running => 4,
+            Outcome::Refused { .. } => 3,
+            Outcome::Aborted { .. } => 1,
+        }
+    }
+
+    fn role_of(&self, pid: i32) -> Role {
+        if pid == self.old_pid {
+            Role::Old
+        } else if Some(pid) == self.new_pid {
+            Role::Future
+        } else if Some(pid) == self.reversed_pid {
+            Role::Reversed
+        } else {
+            Role::Other
+        }
     }
 }
 
@@ -382,6 +594,7 @@ fn run_update(cfg: &Config, keep: bool) -> Result<(Report, Observed), Abort> {
         checked: &checked,
         report: &mut report,
         downtime_start: None,
+        downtime_end: None,
         observed: keep.then(|| Observed {
             old_binary: checked.old_binary.clone(),
             new_binary: checked.new_binary.clone(),
@@ -389,45 +602,60 @@ fn run_update(cfg: &Config, keep: bool) -> Result<(Report, Observed), Abort> {
             future_state: None,
         }),
         phase: None,
+        output: None,
     };
-    let result = txn.run();
+    let result = txn
+        .startup()
+        .and_then(|s| txn.quiesce(s))
+        .and_then(|s| txn.capture(s))
+        .and_then(|c| txn.forward(c))
+        .and_then(|f| txn.verify(f))
+        .and_then(|v| txn.probation(v))
+        .and_then(|p| txn.commit(p));
     let phase_under_way = txn.phase;
-    let downtime_start = txn.downtime_start;
+    let downtime = (txn.downtime_start, txn.downtime_end);
     let observed = txn.observed.take();
-    match result {
-        Ok(()) => {}
-        Err(mut abort) => {
-            // The failed phase's time so far (a hang's time limit, say).
-            if let Some((phase, since)) = phase_under_way.filter(|(p, _)| *p == abort.phase) {
-                let t = &mut report.times_ms;
-                let slot = match phase {
-                    Phase::Startup => Some(&mut t.startup),
-                    Phase::Quiesce => Some(&mut t.quiesce),
-                    Phase::Capture => Some(&mut t.capture),
-                    Phase::Forward => Some(&mut t.forward),
-                    Phase::Reverse => Some(&mut t.reverse),
-                    Phase::Compare => Some(&mut t.compare),
-                    Phase::Check | Phase::Commit => None,
-                };
-                if let Some(slot) = slot.filter(|v| **v == 0.0) {
-                    *slot = ms(since.elapsed());
-                }
+    let output = txn.output.take();
+    if let Err(mut abort) = result {
+        // The failed phase's time so far (a hang's time limit, say).
+        if let Some((phase, since)) = phase_under_way.filter(|(p, _)| *p == abort.phase) {
+            if let Some(slot) = report.times_ms.slot(phase).filter(|v| **v == 0.0) {
+                *slot = ms(since.elapsed());
             }
-            // Whatever failed, a process that ended under us is the reason to tell first.
-            if exited(cfg.pid) {
-                abort.message = format!(
-                    "process {} exited during the update: {}",
-                    cfg.pid, abort.message
-                );
-            }
-            report.outcome = Outcome::Aborted {
+        }
+        // Whatever failed, a process that ended under us is the reason to tell first.
+        let old_gone = exited(cfg.pid);
+        if old_gone {
+            abort.cause = Cause::OldExited;
+            abort.message = format!(
+                "process {} exited during the update (it was killed, or ended by itself), so the \
+                 new version does not take over either: {}",
+                cfg.pid, abort.message
+            );
+        } else if let Cause::Exited { pid, role, .. } = &mut abort.cause {
+            *role = report.role_of(*pid);
+        }
+        report.cause = Some(abort.cause.clone());
+        report.old_running = !old_gone;
+        report.outcome = if abort.phase <= Phase::Startup && !old_gone {
+            Outcome::Refused {
                 phase: abort.phase,
                 reason: abort.message,
-            };
+            }
+        } else {
+            Outcome::Aborted {
+                phase: abort.phase,
+                reason: abort.message,
+            }
+        };
+        if let Some(o) = &output {
+            report.spawned_output = o.tail();
         }
     }
-    if let (Some(start), 0.0) = (downtime_start, report.times_ms.downtime) {
-        report.times_ms.downtime = ms(start.elapsed());
+    match downtime {
+        (Some(start), Some(end)) => report.times_ms.downtime = ms(end - start),
+        (Some(start), None) => report.times_ms.downtime = ms(start.elapsed()),
+        _ => {}
     }
     report.times_ms.total = ms(t0.elapsed());
     let observed = observed.unwrap_or_else(|| Observed {
@@ -445,6 +673,20 @@ struct Participants {
     old: Option<Tracee>,
     future: Option<spawned::Spawned>,
     reversed: Option<spawned::Spawned>,
+}
+
+impl Participants {
+    fn future(&self) -> &spawned::Spawned {
+        self.future
+            .as_ref()
+            .expect("the future lives until the commit")
+    }
+
+    fn future_mut(&mut self) -> &mut spawned::Spawned {
+        self.future
+            .as_mut()
+            .expect("the future lives until the commit")
+    }
 }
 
 impl Drop for Participants {
@@ -473,16 +715,60 @@ struct Transaction<'a> {
     cfg: &'a Config,
     checked: &'a Checked,
     report: &'a mut Report,
+    /// When the old process stopped serving.
     downtime_start: Option<Instant>,
+    /// When the future (or, on an abort, the old process) serves again.
+    downtime_end: Option<Instant>,
     /// What to hand back to [`update_observed`].
     observed: Option<Observed>,
     /// The phase under way and when it began: an abort reports its time too.
     phase: Option<(Phase, Instant)>,
+    /// What the spawned processes print.
+    output: Option<output::Output>,
 }
 
-/// The kernel state of the old process to bring along: its descriptors, taken into ours.
-struct OldFds {
-    fds: Vec<fds::OldFd>,
+/// The spawned processes held at the point that matches the old process's, their start-up
+/// states captured, and everything prepared that need not wait for the stop.
+struct Started {
+    parts: Participants,
+    channel: tracer::fdpass::FdChannel,
+    listeners: Vec<spawned::Listener>,
+    old_at: held::Point,
+    resume: held::Resume,
+    old_prepared: Option<Prepared>,
+    future_prepared: Option<Prepared>,
+    reversed_prepared: Option<Prepared>,
+    future_dest: DestinationData,
+    reversed_dest: Option<DestinationData>,
+}
+
+/// The old process stopped at its quiescent point.
+struct Stopped {
+    s: Started,
+}
+
+/// Its state captured, its descriptors taken.
+struct Captured {
+    s: Started,
+    old_state: LiveCapture,
+    old_fds: Vec<fds::OldFd>,
+}
+
+/// The state transferred into the future.
+struct Forwarded {
+    c: Captured,
+}
+
+/// The time-traveling check passed (or was skipped); what it used, kept until after the
+/// commit (freeing it is not downtime).
+struct Verified {
+    f: Forwarded,
+    leftovers: Vec<Box<dyn std::any::Any>>,
+}
+
+/// The future ran on probation and is stopped again, the old process still stopped.
+struct Proven {
+    v: Verified,
 }
 
 impl Transaction<'_> {
@@ -496,21 +782,56 @@ impl Transaction<'_> {
             .map_or(Ok(()), |i| i.strike_old(self.cfg.pid))
     }
 
-    fn run(&mut self) -> Result<(), Abort> {
+    fn begin(&mut self, phase: Phase) -> Instant {
+        let t = Instant::now();
+        self.phase = Some((phase, t));
+        t
+    }
+
+    /// Start-up: everything that can happen while the old process serves. Refusals here
+    /// leave it untouched (the probe stops it for an instant only).
+    fn startup(&mut self) -> Result<Started, Abort> {
         let cfg = self.cfg;
         let pid = cfg.pid;
-        let mut parts = Participants {
-            old: None,
-            future: None,
-            reversed: None,
-        };
-
-        // Start-up: everything that can happen while the old process serves.
-        let t = Instant::now();
-        self.phase = Some((Phase::Startup, t));
+        let t = self.begin(Phase::Startup);
         let startup = |e: anyhow::Error| Abort::new(Phase::Startup, e);
-        let context = tracer::procfs::exec_context(pid)
+        let refuse = |message: String| Abort::refused(Phase::Startup, message);
+
+        // What the capture would not cover, and where the old process waits.
+        let mut findings = coverage::before_stop(
+            pid,
+            &self.checked.old_binary,
+            &cfg.rules,
+            cfg.argv.is_some(),
+        );
+        let old_at = if cfg.at.is_some() {
+            None
+        } else {
+            let at = held::probe_old(
+                pid,
+                &self.checked.old_binary,
+                &cfg.rules,
+                cfg.quiesce_timeout,
+            )
+            .map_err(|e| {
+                startup(anyhow::Error::new(e).context("probing where the old process waits"))
+            })?;
+            findings.extend(at.findings);
+            Some(at.main)
+        };
+        self.report.findings = findings.clone();
+        if !findings.is_empty() {
+            return Err(refuse(coverage::refusal(&findings)));
+        }
+        if let Some(at) = &old_at {
+            self.report.held.old = Some(at.describe());
+        }
+
+        let mut context = tracer::procfs::exec_context(pid)
             .map_err(|e| startup(anyhow::Error::new(e).context("reading its execution context")))?;
+        if let Some(argv) = &cfg.argv {
+            context.argv = argv.clone();
+        }
         raise_nofile_limit();
         let listeners = spawned::listeners(pid).map_err(|e| startup(e.into()))?;
         let old_max_fd = tracer::fd::list_fds(pid)
@@ -519,7 +840,12 @@ impl Transaction<'_> {
             .map(|f| f.fd)
             .max()
             .unwrap_or(2);
-        let stdio = stdio_of(pid).map_err(|e| startup(e.into()))?;
+        let open_std: Vec<RawFd> = (0..3)
+            .filter(|&n| matches!(tracer::fd::fd_info(pid, n), Ok(Some(_))))
+            .collect();
+        let mut out = output::Output::new(&open_std).map_err(|e| {
+            startup(anyhow::Error::new(e).context("pipes for the spawned processes"))
+        })?;
         let high_fd = spare_fd_base(&context, old_max_fd, listeners.len())
             .map_err(|e| startup(anyhow::anyhow!(e)))?;
         let channel = tracer::fdpass::FdChannel::new().map_err(|e| startup(e.into()))?;
@@ -527,35 +853,98 @@ impl Transaction<'_> {
             Some(f) => HoldAt::Function(f.clone()),
             None => HoldAt::Quiescent(tracer::quiesce::default_quiescent_calls()),
         };
+        let remote_end = channel.remote_end();
         let future_plan = spawned::SpawnPlan {
             program: &cfg.to,
             context: &context,
-            stdio: &stdio,
+            stdio: &out.child_ends,
             listeners: &listeners,
             high_fd,
-            channel: Some(std::os::fd::AsRawFd::as_raw_fd(&channel.remote_end())),
+            channel: Some(std::os::fd::AsRawFd::as_raw_fd(&remote_end)),
             hold: &hold,
+            matching: old_at.as_ref(),
             timeout: cfg.step_timeout,
         };
-        let reversed_plan = spawned::SpawnPlan {
-            program: &self.checked.old_exe,
-            channel: None,
-            ..future_plan.clone()
+        let mut parts = Participants {
+            old: None,
+            future: None,
+            reversed: None,
         };
-        let future =
-            spawned::spawn_held("the future", &future_plan).map_err(|e| startup(e.into()))?;
-        self.report.new_pid = Some(future.tracee.pid().as_raw());
-        parts.future = Some(future);
+
+        // The future, held where the old process waits, and how its held call will resume:
+        // tried on it now, while nothing depends on it (a fresh one if it did not survive).
+        let mut resume = held::Resume::Reissue;
+        let mut tried: Vec<String> = Vec::new();
+        'spawn: loop {
+            let future =
+                spawned::spawn_held("the future", &future_plan).map_err(|e| startup(e.into()))?;
+            self.report.new_pid = Some(future.tracee.pid().as_raw());
+            parts.future = Some(future);
+            let Some(old) = &old_at else { break };
+            let tracer::Held::Syscall(entry) = parts.future().held else {
+                break;
+            };
+            let candidates = held::Resume::candidates(entry.nr as i64);
+            let remaining: Vec<held::Resume> = candidates
+                .iter()
+                .copied()
+                .filter(|c| !tried.iter().any(|t| t.starts_with(&format!("{c:?}"))))
+                .collect();
+            let Some(&first) = remaining.first() else {
+                return Err(refuse(format!(
+                    "the new version's held {} cannot be resumed safely: {}",
+                    held::name(entry.nr as i64),
+                    tried.join("; ")
+                )));
+            };
+            if first == held::Resume::Reissue {
+                resume = first;
+                break;
+            }
+            for c in remaining {
+                match self.try_resume(parts.future_mut(), c, old, &entry) {
+                    Ok(()) => {
+                        resume = c;
+                        break 'spawn;
+                    }
+                    Err(why) => {
+                        tried.push(format!("{c:?}: {why}"));
+                        if parts.future().tracee.exit_status().is_some()
+                            || exited(parts.future().tracee.pid())
+                        {
+                            // It did not survive: a fresh one for the next candidate.
+                            parts.future = None;
+                            continue 'spawn;
+                        }
+                    }
+                }
+            }
+            return Err(refuse(format!(
+                "the new version cannot be resumed safely from its held {}: {}",
+                held::name(entry.nr as i64),
+                tried.join("; ")
+            )));
+        }
+        self.report.held.resume = Some(resume);
+        if let tracer::Held::Syscall(e) = parts.future().held {
+            self.report.held.new = Some(held::Point::new(e.tid, e.nr as i64, e.args).describe());
+        }
         if cfg.verify {
+            let reversed_plan = spawned::SpawnPlan {
+                program: &self.checked.old_exe,
+                channel: None,
+                ..future_plan.clone()
+            };
             let reversed = spawned::spawn_held("the reversed process", &reversed_plan)
                 .map_err(|e| startup(e.into()))?;
             self.report.reversed_pid = Some(reversed.tracee.pid().as_raw());
             parts.reversed = Some(reversed);
         }
+        out.close_child_ends();
+        self.output = Some(out);
         self.report.listeners = listeners.len() as u64;
-        let rebound = &parts.future.as_ref().expect("spawned").rebound;
         for l in &listeners {
-            if !rebound.iter().any(|(_, old)| *old == l.fd) {
+            if !parts.future().rebound.iter().any(|(_, old)| *old == l.fd) {
                 self.report.warnings.push(format!(
                     "the new version did not bind {:?} during its start-up; the old process's \
                      listening socket (descriptor {}) is installed at the same number anyway",
@@ -563,18 +952,11 @@ impl Transaction<'_> {
                 ));
             }
         }
-        let future_pid = parts
-            .future
-            .as_ref()
-            .map(|f| f.tracee.pid())
-            .expect("spawned");
-        let future_start = capture_held(
-            &parts.future.as_ref().expect("spawned").tracee,
-            &self.checked.new_binary,
-        )
-        .map_err(|e| {
-            startup(anyhow::Error::new(e).context("capturing the future's start-up state"))
-        })?;
+        let future_pid = parts.future().tracee.pid();
+        let future_start =
+            capture_held(&parts.future().tracee, &self.checked.new_binary).map_err(|e| {
+                startup(anyhow::Error::new(e).context("capturing the future's start-up state"))
+            })?;
         let reversed_start = match &parts.reversed {
             Some(r) => Some(
                 capture_held(&r.tracee, &self.checked.old_binary).map_err(|e| {
@@ -590,15 +972,18 @@ impl Transaction<'_> {
             .map_err(|e| startup(e.into()))?;
         // The captures of the verification, prepared now so that loading nothing counts as
         // downtime: their mappings of libc do not change.
-        let (future_prepared, reversed_prepared) = if cfg.verify {
-            let future = Prepared::with_binary(future_pid, self.checked.new_binary.clone())
-                .map_err(|e| startup(e.into()))?;
-            let reversed_pid = parts.reversed.as_ref().expect("spawned").tracee.pid();
-            let reversed = Prepared::with_binary(reversed_pid, self.checked.old_binary.clone())
-                .map_err(|e| startup(e.into()))?;
-            (Some(future), Some(reversed))
-        } else {
-            (None, None)
+        let (future_prepared, reversed_prepared) = match &parts.reversed {
+            Some(r) => (
+                Some(
+                    Prepared::with_binary(future_pid, self.checked.new_binary.clone())
+                        .map_err(|e| startup(e.into()))?,
+                ),
+                Some(
+                    Prepared::with_binary(r.tracee.pid(), self.checked.old_binary.clone())
+                        .map_err(|e| startup(e.into()))?,
+                ),
+            ),
+            None => (None, None),
         };
         let future_dest = DestinationData::new(future_pid, future_start)
             .map_err(|e| startup(anyhow::Error::new(e).context("the future's symbols")))?;
@@ -611,205 +996,151 @@ impl Transaction<'_> {
             _ => None,
         };
         self.report.times_ms.startup = ms(t.elapsed());
-
-        // Quiesce: the old process stops here; downtime starts.
-        let t = Instant::now();
-        self.phase = Some((Phase::Quiesce, t));
-        let quiesce = |e: anyhow::Error| Abort::new(Phase::Quiesce, e);
-        self.strike_old_at(inject::Point::Quiesce).map_err(quiesce)?;
-        let mut old = Tracee::seize(pid).map_err(|e| quiesce(e.into()))?;
-        self.downtime_start = Some(Instant::now());
-        let old_held = self.quiesce_old(&mut old).map_err(|e| {
-            // Not quiescent in time: it runs on untouched.
-            quiesce(e)
+        let old_at = old_at.unwrap_or_else(|| {
+            let e = parts.future().held;
+            let nr = match e {
+                tracer::Held::Syscall(e) => e.nr as i64,
+                tracer::Held::Breakpoint { .. } => -1,
+            };
+            held::Point::new(e.tid(), nr, [0; 6])
         });
-        parts.old = Some(old);
-        old_held?;
-        self.report.times_ms.quiesce = ms(t.elapsed());
-
-        // Capture.
-        let t = Instant::now();
-        self.phase = Some((Phase::Capture, t));
-        let capture_err = |e: anyhow::Error| Abort::new(Phase::Capture, e);
-        self.strike_old_at(inject::Point::Capture)
-            .map_err(capture_err)?;
-        if let Some(i) = self
-            .injected(inject::Point::Capture)
-            .filter(|i| *i == Injection::CaptureError)
-        {
-            return Err(capture_err(i.fail_here()));
-        }
-        let old_tracee = parts.old.as_ref().expect("seized");
-        let old_state = old_prepared
-            .capture(old_tracee)
-            .map_err(|e| capture_err(anyhow::Error::new(e).context(format!("process {pid}"))))?;
-        let old_fds = OldFds {
-            fds: fds::take_all(pid).map_err(|e| capture_err(e.into()))?,
-        };
-        self.report.times_ms.capture = ms(t.elapsed());
-        if let Some(o) = &mut self.observed {
-            o.old_state = Some(old_state.graph.clone());
-        }
-
-        // Forward.
-        let t = Instant::now();
-        self.phase = Some((Phase::Forward, t));
-        let forward_err = |e: anyhow::Error| Abort::new(Phase::Forward, e);
-        self.strike_old_at(inject::Point::Forward)
-            .map_err(forward_err)?;
-        let rules = &cfg.rules;
-        let forward_plan = plan_mapped(
-            &old_state.graph,
-            &old_state.binary,
-            &future_dest.destination(&self.checked.new_binary),
-            &self.checked.forward,
-            rules,
-        )
-        .map_err(|e| forward_err(anyhow::Error::new(e).context("planning the forward transfer")))?;
-        self.report.objects = forward_plan.objects.len() as u64;
-        self.report.heap_objects = forward_plan.heap_objects() as u64;
-        self.report.bytes = forward_plan.bytes();
-        let future = parts.future.as_mut().expect("spawned");
-        let injected = self.injected(inject::Point::Forward);
-        let applied = transfer_into(
-            future,
-            &forward_plan,
-            &future_dest,
-            injected,
-            cfg.call_timeout,
-            &mut self.report.fault,
-        )
-        .map_err(|e| forward_err(e.context(format!("into the future (process {future_pid})"))))?;
-        let kernel = fds::install(
-            future,
-            &channel,
-            &old_fds.fds,
-            &old_state,
-            &forward_plan,
-            &applied,
-        )
-        .map_err(|e| {
-            forward_err(e.context(format!(
-                "descriptors into the future (process {future_pid})"
-            )))
-        })?;
-        self.report.fds = kernel.fds;
-        self.report.epolls = kernel.epolls;
-        self.report.times_ms.forward = ms(t.elapsed());
-
-        // The verification's big values are kept until after the commit: freeing them is
-        // not the old process's downtime.
-        let mut leftovers: Vec<Box<dyn std::any::Any>> = Vec::new();
-        if cfg.verify {
-            // Reverse: the future's state back into a fresh old version.
-            let t = Instant::now();
-            self.phase = Some((Phase::Reverse, t));
-            let reverse_err = |e: anyhow::Error| Abort::new(Phase::Reverse, e);
-            self.strike_old_at(inject::Point::Reverse)
-                .map_err(reverse_err)?;
-            let future = parts.future.as_ref().expect("spawned");
-            let future_state = future_prepared
-                .expect("prepared when verifying")
-                .capture(&future.tracee)
-                .map_err(|e| {
-                    reverse_err(
-                        anyhow::Error::new(e).context("capturing the future after the transfer"),
-                    )
-                })?;
-            if let Some(o) = &mut self.observed {
-                o.future_state = Some(future_state.graph.clone());
-            }
-            let reversed = parts.reversed.as_mut().expect("spawned when verifying");
-            let reversed_pid = reversed.tracee.pid();
-            let reversed_dest = reversed_dest.expect("prepared when verifying");
-            let reverse_plan = plan_mapped(
-                &future_state.graph,
-                &future_state.binary,
-                &reversed_dest.destination(&self.checked.old_binary),
-                &self.checked.reverse,
-                &rules.inverted(),
-            )
-            .map_err(|e| {
-                reverse_err(anyhow::Error::new(e).context("planning the reverse transfer"))
-            })?;
-            let injected = self.injected(inject::Point::Reverse);
-            transfer_into(
-                reversed,
-                &reverse_plan,
-                &reversed_dest,
-                injected,
-                cfg.call_timeout,
-                &mut self.report.fault,
-            )
-            .map_err(|e| {
-                reverse_err(e.context(format!("into the reversed process {reversed_pid}")))
-            })?;
-            self.report.times_ms.reverse = ms(t.elapsed());
-
-            // Compare.
-            let t = Instant::now();
-            self.phase = Some((Phase::Compare, t));
-            let compare_err = |e: anyhow::Error| Abort::new(Phase::Compare, e);
-            self.strike_old_at(inject::Point::Compare)
-                .map_err(compare_err)?;
-            if let Some(i) = self.injected(inject::Point::Compare) {
-                i.corrupt(&reversed.tracee, &self.checked.old_binary)
-                    .map_err(compare_err)?;
-            }
-            let reversed_state = reversed_prepared
-                .expect("prepared when verifying")
-                .capture(&reversed.tracee)
-                .map_err(|e| {
-                    compare_err(anyhow::Error::new(e).context("capturing the reversed process"))
-                })?;
-            let exclusions = verify::Exclusions::from_forward(&self.checked.forward);
-            let diff = verify::diff(
-                &self.checked.old_binary,
-                &old_state.graph,
-                &reversed_state.graph,
-                &exclusions,
-            );
-            self.report.times_ms.compare = ms(t.elapsed());
-            if !diff.is_exact() {
-                self.report.differences_total = diff.total() as u64;
-                self.report.differences = diff.differences;
-                return Err(Abort {
-                    phase: Phase::Compare,
-                    message: format!(
-                        "the time-traveling check failed: the state transferred forward and back \
-                         differs from the original in {} place(s)",
-                        self.report.differences_total
-                    ),
-                });
-            }
-            leftovers.push(Box::new(future_state));
-            leftovers.push(Box::new(reverse_plan));
-            leftovers.push(Box::new(reversed_state));
-            leftovers.push(Box::new(reversed_dest));
-        }
-
-        if !cfg.commit {
-            return Err(Abort {
-                phase: Phase::Commit,
-                message: "not committed (dry run): every check passed".into(),
-            });
-        }
-        let committed = self.commit(parts);
-        drop(leftovers);
-        committed
+        Ok(Started {
+            parts,
+            channel,
+            listeners,
+            old_at,
+            resume,
+            old_prepared: Some(old_prepared),
+            future_prepared,
+            reversed_prepared,
+            future_dest,
+            reversed_dest,
+        })
     }
 
-    /// Brings the old process to its quiescent point (or its `--at` function).
-    fn quiesce_old(&self, old: &mut Tracee) -> Result<(), anyhow::Error> {
+    /// Tries `resume` on the held future before anything depends on it: it must come back,
+    /// alive, to a wait that corresponds to the old process's within the start-up limit.
+    /// It is then held there.
+    fn try_resume(
+        &self,
+        future: &mut spawned::Spawned,
+        resume: held::Resume,
+        old: &held::Point,
+        entry: &tracer::SyscallEntry,
+    ) -> Result<(), String> {
+        let stack_only = stack_writer(future.tracee.pid(), entry.tid);
+        resume
+            .apply(&mut future.tracee, entry, &stack_only)
+            .map_err(|e| e.to_string())?;
+        let calls = tracer::quiesce::default_quiescent_calls();
+        let tid = entry.tid;
+        let mut elsewhere = None;
+        let mut hook = |mem: &tracer::ProcessMemory,
+                        e: &tracer::SyscallEntry|
+         -> tracer::Result<tracer::SyscallAction> {
+            let nr = e.nr as i64;
+            if nr == libc::SYS_bind || nr == libc::SYS_listen {
+                elsewhere = Some(format!("it called {}", held::name(nr)));
+                return Ok(tracer::SyscallAction::Hold);
+            }
+            if e.tid != tid || !calls.contains(&nr) || !held::blocks(mem, e)? {
+                return Ok(tracer::SyscallAction::Run);
+            }
+            if !held::corresponds(old, e) {
+                elsewhere = Some(format!(
+                    "it went on to {} instead",
+                    held::Point::new(e.tid, nr, e.args).describe()
+                ));
+            }
+            Ok(tracer::SyscallAction::Hold)
+        };
+        let held = future
+            .tracee
+            .run(self.cfg.step_timeout, None, Some(&mut hook))
+            .map_err(|e| match e {
+                tracer::Error::Gone { status, .. } => {
+                    format!("it ended ({})", describe_status(status))
+                }
+                tracer::Error::Timeout { .. } => format!(
+                    "it did not come back to a {} within {} ms",
+                    old.call,
+                    self.cfg.step_timeout.as_millis()
+                ),
+                e => e.to_string(),
+            })?;
+        if let Some(why) = elsewhere {
+            return Err(why);
+        }
+        future.held = held;
+        Ok(())
+    }
+
+    /// Quiesce: the old process stops here; downtime starts. It is held where the future is
+    /// held: a call that corresponds to the future's.
+    fn quiesce(&mut self, mut s: Started) -> Result<Stopped, Abort> {
+        let t = self.begin(Phase::Quiesce);
+        let quiesce = |e: anyhow::Error| Abort::new(Phase::Quiesce, e);
+        self.strike_old_at(inject::Point::Quiesce)
+            .map_err(quiesce)?;
+        let mut old = Tracee::seize(self.cfg.pid).map_err(|e| quiesce(e.into()))?;
+        self.downtime_start = Some(Instant::now());
+        let held = self.quiesce_old(&mut old, &s);
+        s.parts.old = Some(old);
+        held.map_err(quiesce)?;
+        // Everything the probe saw before, again on the stopped process.
+        let old = s.parts.old.as_ref().expect("seized");
+        let findings = coverage::stopped(old, &self.checked.old_binary, &self.cfg.rules);
+        if !findings.is_empty() {
+            self.report.findings.extend(findings.clone());
+            return Err(Abort::refused(Phase::Quiesce, coverage::refusal(&findings)));
+        }
+        self.report.times_ms.quiesce = ms(t.elapsed());
+        Ok(Stopped { s })
+    }
+
+    /// Brings the old process to the quiescent point the future is held at (or its `--at`
+    /// function).
+    fn quiesce_old(&self, old: &mut Tracee, s: &Started) -> Result<(), anyhow::Error> {
         let cfg = self.cfg;
         match &cfg.at {
             None => {
                 old.interrupt_all(cfg.quiesce_timeout)?;
-                tracer::quiesce::quiesce(
-                    old,
-                    &tracer::quiesce::default_quiescent_calls(),
-                    cfg.quiesce_timeout,
-                )?;
+                // Only calls of the same kind as the future's held one.
+                let want = match s.parts.future().held {
+                    tracer::Held::Syscall(e) => held::class(e.nr as i64),
+                    tracer::Held::Breakpoint { .. } => held::class(s.old_at.nr),
+                };
+                let calls: Vec<i64> = tracer::quiesce::default_quiescent_calls()
+                    .into_iter()
+                    .filter(|&nr| {
+                        held::class(nr) == want
+                            || (nr == libc::SYS_restart_syscall
+                                && matches!(want, Some(held::Class::Sleep | held::Class::Poll)))
+                    })
+                    .collect();
+                let q = tracer::quiesce::quiesce(old, &calls, cfg.quiesce_timeout)?;
+                // A re-issued call must be the very call the old process would make.
+                if s.resume == held::Resume::Reissue {
+                    if let tracer::Held::Syscall(f) = s.parts.future().held {
+                        let (tid, nr) = q.threads[0];
+                        let r = old.regs(tid)?;
+                        let non_pointer = |nr: i64, a: &[u64]| match held::class(nr) {
+                            Some(held::Class::Accept | held::Class::Read | held::Class::Recv) => {
+                                vec![a[0]]
+                            }
+                            _ => vec![],
+                        };
+                        let old_args = [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9];
+                        if non_pointer(nr, &old_args) != non_pointer(f.nr as i64, &f.args) {
+                            anyhow::bail!(
+                                "the old process waits in {} but the new version in {}: \
+                                 resuming the new version's call would wait on something else",
+                                held::Point::new(tid, nr, old_args).describe(),
+                                held::Point::new(f.tid, f.nr as i64, f.args).describe()
+                            );
+                        }
+                    }
+                }
             }
             Some(function) => {
                 let addr = tracer::symbols::lookup(cfg.pid, function).map_err(|e| {
@@ -824,45 +1155,338 @@ impl Transaction<'_> {
         Ok(())
     }
 
-    /// Lets the future run in the old process's place; kills the reversed and the old
-    /// process.
-    fn commit(&mut self, mut parts: Participants) -> Result<(), Abort> {
-        let commit_err = |e: anyhow::Error| Abort::new(Phase::Commit, e);
+    /// Capture of the old state (it is only read) and of its descriptors.
+    fn capture(&mut self, st: Stopped) -> Result<Captured, Abort> {
+        let mut s = st.s;
+        let pid = self.cfg.pid;
+        let t = self.begin(Phase::Capture);
+        let capture_err = |e: anyhow::Error| Abort::new(Phase::Capture, e);
+        self.strike_old_at(inject::Point::Capture)
+            .map_err(capture_err)?;
+        if let Some(i) = self
+            .injected(inject::Point::Capture)
+            .filter(|i| *i == Injection::CaptureError)
+        {
+            return Err(capture_err(i.fail_here()));
+        }
+        let old_tracee = s.parts.old.as_ref().expect("seized");
+        let old_state = s
+            .old_prepared
+            .take()
+            .expect("prepared at start-up")
+            .capture(old_tracee)
+            .map_err(|e| capture_err(anyhow::Error::new(e).context(format!("process {pid}"))))?;
+        let findings = coverage::pointers_into_stacks(pid, &old_state.graph, &self.cfg.rules);
+        if !findings.is_empty() {
+            self.report.findings.extend(findings.clone());
+            return Err(Abort::refused(Phase::Capture, coverage::refusal(&findings)));
+        }
+        let old_fds = fds::take_all(pid).map_err(|e| capture_err(e.into()))?;
+        self.report.times_ms.capture = ms(t.elapsed());
+        if let Some(o) = &mut self.observed {
+            o.old_state = Some(old_state.graph.clone());
+        }
+        Ok(Captured {
+            s,
+            old_state,
+            old_fds,
+        })
+    }
+
+    /// Forward transfer: memory, then descriptors and epoll instances.
+    fn forward(&mut self, mut c: Captured) -> Result<Forwarded, Abort> {
+        let t = self.begin(Phase::Forward);
+        let forward_err = |e: anyhow::Error| Abort::new(Phase::Forward, e);
+        self.strike_old_at(inject::Point::Forward)
+            .map_err(forward_err)?;
+        let forward_plan = plan_mapped(
+            &c.old_state.graph,
+            &c.old_state.binary,
+            &c.s.future_dest.destination(&self.checked.new_binary),
+            &self.checked.forward,
+            &self.cfg.rules,
+        )
+        .map_err(|e| forward_err(anyhow::Error::new(e).context("planning the forward transfer")))?;
+        self.report.objects = forward_plan.objects.len() as u64;
+        self.report.heap_objects = forward_plan.heap_objects() as u64;
+        self.report.bytes = forward_plan.bytes();
+        let future_pid = c.s.parts.future().tracee.pid();
+        let injected = self.injected(inject::Point::Forward);
+        let applied = transfer_into(
+            c.s.parts.future_mut(),
+            &forward_plan,
+            &c.s.future_dest,
+            injected,
+            self.cfg.call_timeout,
+            &mut self.report.fault,
+        )
+        .map_err(|e| forward_err(e.context(format!("into the future (process {future_pid})"))))?;
+        let kernel = fds::install(
+            c.s.parts.future_mut(),
+            &c.s.channel,
+            &c.old_fds,
+            &c.old_state,
+            &forward_plan,
+            &applied,
+        )
+        .map_err(|e| {
+            forward_err(e.context(format!(
+                "descriptors into the future (process {future_pid})"
+            )))
+        })?;
+        self.report.fds = kernel.fds;
+        self.report.epolls = kernel.epolls;
+        self.report.times_ms.forward = ms(t.elapsed());
+        drop(forward_plan);
+        drop(applied);
+        c.old_fds.clear();
+        Ok(Forwarded { c })
+    }
+
+    /// The time-traveling check: the future's state back into a fresh old version, captured
+    /// and compared with the old state.
+    fn verify(&mut self, mut f: Forwarded) -> Result<Verified, Abort> {
+        let mut leftovers: Vec<Box<dyn std::any::Any>> = Vec::new();
+        if !self.cfg.verify {
+            self.report.check = Check::Skipped;
+            return Ok(Verified { f, leftovers });
+        }
+        let s = &mut f.c.s;
+        let t = self.begin(Phase::Reverse);
+        let reverse_err = |e: anyhow::Error| Abort::new(Phase::Reverse, e);
+        self.strike_old_at(inject::Point::Reverse)
+            .map_err(reverse_err)?;
+        let future_state = s
+            .future_prepared
+            .take()
+            .expect("prepared when verifying")
+            .capture(&s.parts.future().tracee)
+            .map_err(|e| {
+                reverse_err(
+                    anyhow::Error::new(e).context("capturing the future after the transfer"),
+                )
+            })?;
+        if let Some(o) = &mut self.observed {
+            o.future_state = Some(future_state.graph.clone());
+        }
+        let reversed = s.parts.reversed.as_mut().expect("spawned when verifying");
+        let reversed_pid = reversed.tracee.pid();
+        let reversed_dest = s.reversed_dest.take().expect("prepared when verifying");
+        let reverse_plan = plan_mapped(
+            &future_state.graph,
+            &future_state.binary,
+            &reversed_dest.destination(&self.checked.old_binary),
+            &self.checked.reverse,
+            &self.cfg.rules.inverted(),
+        )
+        .map_err(|e| reverse_err(anyhow::Error::new(e).context("planning the reverse transfer")))?;
+        let injected = self.injected(inject::Point::Reverse);
+        transfer_into(
+            reversed,
+            &reverse_plan,
+            &reversed_dest,
+            injected,
+            self.cfg.call_timeout,
+            &mut self.report.fault,
+        )
+        .map_err(|e| reverse_err(e.context(format!("into the reversed process {reversed_pid}"))))?;
+        self.report.times_ms.reverse = ms(t.elapsed());
+
+        let t = self.begin(Phase::Compare);
+        let compare_err = |e: anyhow::Error| Abort::new(Phase::Compare, e);
+        self.strike_old_at(inject::Point::Compare)
+            .map_err(compare_err)?;
+        if let Some(i) = self.injected(inject::Point::Compare) {
+            i.corrupt(&reversed.tracee, &self.checked.old_binary)
+                .map_err(compare_err)?;
+        }
+        let reversed_state = s
+            .reversed_prepared
+            .take()
+            .expect("prepared when verifying")
+            .capture(&reversed.tracee)
+            .map_err(|e| {
+                compare_err(anyhow::Error::new(e).context("capturing the reversed process"))
+            })?;
+        let exclusions = verify::Exclusions::from_forward(&self.checked.forward);
+        let diff = verify::diff(
+            &self.checked.old_binary,
+            &f.c.old_state.graph,
+            &reversed_state.graph,
+            &exclusions,
+        );
+        self.report.times_ms.compare = ms(t.elapsed());
+        if !diff.is_exact() {
+            self.report.check = Check::Failed;
+            self.report.differences_total = diff.total() as u64;
+            self.report.differences = diff.differences;
+            return Err(Abort {
+                phase: Phase::Compare,
+                cause: Cause::Differences,
+                message: format!(
+                    "the time-traveling check failed: the state transferred forward and back \
+                     differs from the original in {} place(s)",
+                    self.report.differences_total
+                ),
+            });
+        }
+        self.report.check = Check::Passed;
+        self.report.verified = true;
+        leftovers.push(Box::new(future_state));
+        leftovers.push(Box::new(reverse_plan));
+        leftovers.push(Box::new(reversed_state));
+        leftovers.push(Box::new(reversed_dest));
+        Ok(Verified { f, leftovers })
+    }
+
+    /// Probation: the future resumes its held call and serves, while the old process stays
+    /// stopped. It must stay alive for `--probation`, come back to a wait of its main loop
+    /// (or still be in the resumed one), and never bind an address it inherited again (a
+    /// start-up run a second time). Any of these aborts: the future is killed, the old
+    /// process resumes.
+    fn probation(&mut self, mut v: Verified) -> Result<Proven, Abort> {
+        if !self.cfg.commit {
+            return Err(Abort {
+                phase: Phase::Commit,
+                cause: Cause::DryRun,
+                message: "not committed (dry run): every check passed".into(),
+            });
+        }
+        let t = self.begin(Phase::Probation);
+        let probation_err = |e: anyhow::Error| Abort::new(Phase::Probation, e);
+        let cfg = self.cfg;
         // It was stopped throughout, so only a SIGKILL (an operator, the OOM killer) can have
         // ended it: its end was wanted, and the new version must not take over.
-        if exited(self.cfg.pid) {
-            return Err(commit_err(anyhow::anyhow!(
-                "it was killed while stopped for the update, so the new version does not take over"
+        if exited(cfg.pid) {
+            return Err(probation_err(anyhow::anyhow!(
+                "found gone as the new version was about to take over"
             )));
         }
-        if let Some(r) = parts.reversed.take() {
+        let s = &mut v.f.c.s;
+        if let Some(r) = s.parts.reversed.take() {
             // How it ended does not matter: it was killed.
-            let _status = r.tracee.kill().map_err(|e| commit_err(e.into()))?;
+            let _status = r.tracee.kill();
         }
-        let mut future = parts.future.take().expect("spawned");
-        let released = release_future(&mut future);
-        if let Err(e) = released {
-            parts.future = Some(future);
-            return Err(commit_err(e));
-        }
+        let resume = s.resume;
+        let old_at = s.old_at.clone();
+        let listeners: Vec<tracer::fd::SockAddr> =
+            s.listeners.iter().map(|l| l.addr.clone()).collect();
+        let future = s.parts.future_mut();
+        let future_pid = future.tracee.pid();
+        close_spare_fds(future).map_err(probation_err)?;
         // Signals pending in the old process (blocked ones a signalfd would read, say) are
         // the program's state too: queue them for the future, delivered when it runs.
-        for sig in pending_signals(self.cfg.pid) {
-            if let Err(e) = nix::sys::signal::kill(future.tracee.pid(), sig) {
+        for sig in pending_signals(cfg.pid) {
+            if let Err(e) = nix::sys::signal::kill(future_pid, sig) {
                 self.report.warnings.push(format!(
                     "passing pending signal {sig} to the new process: {e}"
                 ));
             }
         }
-        // The point of no return: the future runs, the old process must go.
-        let downtime = self.downtime_start.map(|s| s.elapsed());
+        let entry = match future.held {
+            tracer::Held::Syscall(e) => Some(e),
+            tracer::Held::Breakpoint { .. } => None,
+        };
+        if let Some(e) = &entry {
+            let writer = stack_writer(future_pid, e.tid);
+            resume.apply(&mut future.tracee, e, &writer).map_err(|e| {
+                probation_err(anyhow::Error::new(e).context("resuming its held call"))
+            })?;
+        }
+        if let Some(i) = self.injected(inject::Point::Probation) {
+            i.strike_new(future_pid).map_err(probation_err)?;
+        }
+        // From here the new version serves.
+        self.downtime_end = Some(Instant::now());
+        let held_tid = future.held.tid();
+        let calls = tracer::quiesce::default_quiescent_calls();
+        let mut waits = 0u64;
+        let mut rebound: Option<String> = None;
+        let mut hook = |mem: &tracer::ProcessMemory,
+                        e: &tracer::SyscallEntry|
+         -> tracer::Result<tracer::SyscallAction> {
+            let nr = e.nr as i64;
+            if nr == libc::SYS_bind {
+                let len = (e.args[2] as usize).min(128);
+                let raw = tracer::Memory::read_vec(mem, tracer::RemoteAddr::new(e.args[1]), len)?;
+                if let Some(addr) = spawned::decode_sockaddr(&raw) {
+                    if listeners.contains(&addr) {
+                        rebound = Some(format!("{addr:?}"));
+                        return Ok(tracer::SyscallAction::Hold);
+                    }
+                }
+            }
+            if e.tid == held_tid && calls.contains(&nr) && held::blocks(mem, e)? {
+                waits += 1;
+            }
+            Ok(tracer::SyscallAction::Run)
+        };
+        let ran = future.tracee.run(cfg.probation, None, Some(&mut hook));
+        let lived = t.elapsed();
+        self.report.probation = Some(ProbationReport {
+            ms: ms(lived),
+            waits,
+        });
+        let died = |how: String| {
+            probation_err(anyhow::anyhow!(
+                "the new version (process {future_pid}) {how} {:.0} ms after it took over; \
+                 process {} resumes",
+                ms(lived),
+                cfg.pid
+            ))
+        };
+        match ran {
+            Err(tracer::Error::Timeout { .. }) => {}
+            Err(tracer::Error::Gone { status, .. }) => {
+                let mut a = died(describe_status(status));
+                a.cause = Cause::Exited {
+                    pid: future_pid.as_raw(),
+                    role: Role::Future,
+                    how: describe_status(status),
+                };
+                return Err(a);
+            }
+            Err(e) => return Err(probation_err(e.into())),
+            Ok(_) => {
+                return Err(died(format!(
+                    "bound {} again, an address it inherited (it ran its start-up again)",
+                    rebound.unwrap_or_default()
+                )))
+            }
+        }
+        if waits == 0 {
+            // Still in the resumed call is at rest too (an `accept` no client reached).
+            let at_rest = matches!(
+                tracer::quiesce::thread_point(&future.tracee, held_tid, &calls),
+                Ok(tracer::quiesce::ThreadPoint::Quiescent { .. })
+            );
+            if !at_rest || resume != held::Resume::Reissue {
+                return Err(died(format!(
+                    "did not come back to a wait of its main loop (the old process waits in {})",
+                    old_at.describe()
+                )));
+            }
+        }
+        self.report.times_ms.probation = ms(lived);
+        Ok(Proven { v })
+    }
+
+    /// The point of no return: the future runs free, the old process is killed.
+    fn commit(&mut self, p: Proven) -> Result<(), Abort> {
+        let _t = self.begin(Phase::Commit);
+        let commit_err = |e: anyhow::Error| Abort::new(Phase::Commit, e);
+        let Verified { f, leftovers } = p.v;
+        let mut parts = f.c.s.parts;
+        if exited(self.cfg.pid) {
+            return Err(commit_err(anyhow::anyhow!(
+                "found gone at the commit, after the new version's probation"
+            )));
+        }
+        let future = parts.future.take().expect("spawned");
         if let Err(e) = future.tracee.detach() {
             self.report
                 .warnings
                 .push(format!("detaching the new process: {e}"));
-        }
-        if let Some(d) = downtime {
-            self.report.times_ms.downtime = ms(d);
         }
         if let Some(old) = parts.old.take() {
             let pid = old.pid();
@@ -872,7 +1496,51 @@ impl Transaction<'_> {
                     .push(format!("ending the old process {pid}: {e}"));
             }
         }
+        self.report.outcome = Outcome::Committed;
+        self.report.old_running = false;
+        drop(leftovers);
         Ok(())
+    }
+}
+
+/// `exited with status 1`, `killed by SIGSEGV`.
+fn describe_status(status: Option<tracer::ExitStatus>) -> String {
+    match status {
+        Some(Ok(code)) => format!("exited with status {code}"),
+        Some(Err(sig)) => format!("was killed by {sig}"),
+        None => "ended".into(),
+    }
+}
+
+/// Where a resumed call's results may be cleared in process `pid`: thread `tid`'s stack and
+/// the executable's own writable data, never the heap, which the transfer rewrote.
+fn stack_writer(pid: Pid, tid: Pid) -> impl Fn(u64, u64) -> bool {
+    let maps = tracer::procfs::maps(pid).unwrap_or_default();
+    let exe = tracer::procfs::exe(pid).ok();
+    let sp = tracer::procfs::read_text(pid, &format!("task/{tid}/syscall"))
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(7).map(str::to_owned))
+        .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok());
+    move |addr: u64, len: u64| {
+        let Some(i) = maps
+            .iter()
+            .position(|m| m.range.contains(tracer::RemoteAddr::new(addr)))
+        else {
+            return false;
+        };
+        let m = &maps[i];
+        if addr + len > m.range.end.get() || !m.perms.write {
+            return false;
+        }
+        let stack = matches!(m.kind, tracer::procfs::MappingKind::Stack)
+            || sp.is_some_and(|sp| m.range.contains(tracer::RemoteAddr::new(sp)));
+        let own_data = m.path().is_some() && m.path() == exe.as_deref()
+            || (i > 0
+                && maps[i - 1].range.end == m.range.start
+                && maps[i - 1].path().is_some()
+                && maps[i - 1].path() == exe.as_deref()
+                && matches!(m.kind, tracer::procfs::MappingKind::Anonymous));
+        stack || own_data
     }
 }
 
@@ -900,22 +1568,15 @@ fn pending_signals(pid: Pid) -> Vec<nix::sys::signal::Signal> {
         .collect()
 }
 
-/// Makes the future's held call return `EINTR` (its arguments came from its own start-up
-/// state), and closes what only the update needed in it.
-fn release_future(future: &mut spawned::Spawned) -> anyhow::Result<()> {
+/// Closes what only the update needed in the future: the listening sockets it was given
+/// before its `bind`s took them, and the descriptor channel.
+fn close_spare_fds(future: &mut spawned::Spawned) -> anyhow::Result<()> {
     let tid = future.held.tid();
-    {
-        let mut s = tracer::remote::RemoteSession::open(&mut future.tracee, tid)?;
-        for fd in future.spare_fds.iter().chain(future.channel_fd.iter()) {
-            s.close_fd(*fd)?;
-        }
-        s.close()?;
+    let mut s = tracer::remote::RemoteSession::open(&mut future.tracee, tid)?;
+    for fd in future.spare_fds.iter().chain(future.channel_fd.iter()) {
+        s.close_fd(*fd)?;
     }
-    if let Held::Syscall(_) = future.held {
-        future
-            .tracee
-            .skip_held_syscall(tid, -(libc::EINTR as i64))?;
-    }
+    s.close()?;
     Ok(())
 }
 
@@ -989,23 +1650,6 @@ fn transfer_into(
         i.after_apply(&to.tracee, plan, &applied)?;
     }
     Ok(applied)
-}
-
-/// The old process's standard descriptors, taken into ours, for the spawned processes.
-fn stdio_of(pid: Pid) -> tracer::Result<Vec<(OwnedFd, RawFd)>> {
-    let mut out = Vec::new();
-    for n in 0..3 {
-        match tracer::fd::take_fd(pid, n) {
-            Ok(fd) => out.push((fd, n)),
-            // A closed standard descriptor stays closed.
-            Err(tracer::Error::Fd {
-                source: nix::Error::EBADF,
-                ..
-            }) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(out)
 }
 
 /// Where the spawned processes keep the listening sockets and the descriptor channel: above

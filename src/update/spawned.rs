@@ -92,6 +92,8 @@ pub struct SpawnPlan<'a> {
     pub channel: Option<RawFd>,
     /// Where to hold it.
     pub hold: &'a HoldAt,
+    /// The old process's wait: the future is held only at a call that corresponds to it.
+    pub matching: Option<&'a super::held::Point>,
     /// How long its start-up may take.
     pub timeout: Duration,
 }
@@ -109,6 +111,22 @@ pub enum SpawnError {
         /// The cause.
         #[source]
         source: tracer::Error,
+    },
+    /// Its start-up reached a wait that does not correspond to the old process's and that
+    /// cannot be let run (it would take a connection meant for the old process).
+    #[error(
+        "{what} ({program}) reached {reached} in its start-up, which does not correspond to \
+         where the old process waits ({old}); no matching point to hold it at"
+    )]
+    NoMatch {
+        /// `the future` / `the reversed process`.
+        what: &'static str,
+        /// The program.
+        program: String,
+        /// Where it is.
+        reached: String,
+        /// Where the old process is.
+        old: String,
     },
     /// `--at FUNCTION` names nothing in it.
     #[error("{what} ({program}): no function `{name}` to hold it at")]
@@ -173,6 +191,7 @@ pub fn spawn_held(what: &'static str, plan: &SpawnPlan<'_>) -> Result<Spawned, S
         HoldAt::Function(_) => tracer::quiesce::default_quiescent_calls(),
     };
     let mut rebound: Vec<(u64, RawFd)> = Vec::new();
+    let mut mismatch: Option<(String, String)> = None;
     let mut taken = vec![false; plan.listeners.len()];
     let mut hook = |mem: &ProcessMemory, e: &SyscallEntry| -> tracer::Result<SyscallAction> {
         let nr = e.nr as i64;
@@ -218,13 +237,35 @@ pub fn spawn_held(what: &'static str, plan: &SpawnPlan<'_>) -> Result<Spawned, S
                 })
             }
             _ if calls.contains(&nr) => {
-                if [libc::SYS_read, libc::SYS_recvfrom, libc::SYS_recvmsg].contains(&nr) {
-                    let kind = tracer::fd::fd_info(mem.pid(), e.args[0] as i32)?.map(|i| i.target);
-                    if !matches!(kind, Some(FdTarget::Socket(_)) | Some(FdTarget::Pipe(_))) {
-                        return Ok(SyscallAction::Run);
+                // A zero timeout, a non-blocking descriptor, a file: not a wait at rest.
+                if !super::held::blocks(mem, e)? {
+                    return Ok(SyscallAction::Run);
+                }
+                match plan.matching {
+                    None => Ok(SyscallAction::Hold),
+                    Some(old) if super::held::corresponds(old, e) => Ok(SyscallAction::Hold),
+                    // Another wait of its start-up: let it run, unless it would take a
+                    // connection or a message the old process is owed.
+                    Some(old) => {
+                        let consumes = matches!(
+                            super::held::class(nr),
+                            Some(super::held::Class::Accept | super::held::Class::Recv)
+                        ) || (nr == libc::SYS_read
+                            && matches!(
+                                tracer::fd::fd_info(mem.pid(), e.args[0] as i32)?.map(|i| i.target),
+                                Some(FdTarget::Socket(_))
+                            ));
+                        if consumes {
+                            mismatch = Some((
+                                super::held::Point::new(e.tid, nr, e.args).describe(),
+                                old.describe(),
+                            ));
+                            Ok(SyscallAction::Hold)
+                        } else {
+                            Ok(SyscallAction::Run)
+                        }
                     }
                 }
-                Ok(SyscallAction::Hold)
             }
             _ => Ok(SyscallAction::Run),
         }
@@ -233,6 +274,14 @@ pub fn spawn_held(what: &'static str, plan: &SpawnPlan<'_>) -> Result<Spawned, S
     let held = tracee
         .run(plan.timeout, breakpoint, Some(&mut hook))
         .map_err(err)?;
+    if let Some((reached, old)) = mismatch {
+        return Err(SpawnError::NoMatch {
+            what,
+            program,
+            reached,
+            old,
+        });
+    }
     Ok(Spawned {
         tracee,
         held,
@@ -244,7 +293,11 @@ pub fn spawn_held(what: &'static str, plan: &SpawnPlan<'_>) -> Result<Spawned, S
 
 /// The listener a `bind` to `addr` takes: the same address, or for a bind to port 0 (any
 /// port) the first not yet taken listener on the same IP address.
-fn matching_listener(listeners: &[Listener], taken: &[bool], addr: &SockAddr) -> Option<usize> {
+pub(crate) fn matching_listener(
+    listeners: &[Listener],
+    taken: &[bool],
+    addr: &SockAddr,
+) -> Option<usize> {
     let exact = listeners
         .iter()
         .enumerate()
@@ -258,7 +311,7 @@ fn matching_listener(listeners: &[Listener], taken: &[bool], addr: &SockAddr) ->
 }
 
 /// Decodes a `struct sockaddr` of the tracee (IPv4, IPv6, Unix).
-fn decode_sockaddr(b: &[u8]) -> Option<SockAddr> {
+pub(crate) fn decode_sockaddr(b: &[u8]) -> Option<SockAddr> {
     if b.len() < 2 {
         return None;
     }

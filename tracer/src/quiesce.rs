@@ -61,6 +61,14 @@ pub enum ThreadPoint {
         /// The call.
         nr: i64,
     },
+    /// In a quiescent call that returns at once (a zero timeout, a non-blocking descriptor):
+    /// a busy loop.
+    Polling {
+        /// The call.
+        nr: i64,
+        /// Why it does not wait.
+        why: &'static str,
+    },
     /// Running user code (or stopped outside any call).
     Running,
 }
@@ -97,14 +105,79 @@ pub fn thread_point(tracee: &Tracee, tid: Pid, calls: &[i64]) -> Result<ThreadPo
     if !(interrupted || held) || !calls.contains(&nr) {
         return Ok(ThreadPoint::OtherCall { nr });
     }
-    if [libc::SYS_read, libc::SYS_recvfrom, libc::SYS_recvmsg].contains(&nr) {
-        let fd = r.rdi as i32;
-        let kind = fd_info(tracee.pid(), fd)?.map(|i| i.target);
-        if !matches!(kind, Some(FdTarget::Socket(_)) | Some(FdTarget::Pipe(_))) {
-            return Ok(ThreadPoint::OtherCall { nr });
-        }
+    let args = [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9];
+    match waits(tracee.memory(), nr, &args)? {
+        Wait::Blocks => Ok(ThreadPoint::Quiescent { nr }),
+        Wait::NotAWait => Ok(ThreadPoint::OtherCall { nr }),
+        Wait::Returns(why) => Ok(ThreadPoint::Polling { nr, why }),
     }
-    Ok(ThreadPoint::Quiescent { nr })
+}
+
+/// Whether a call waits for something to happen, as a quiescent point must.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// It blocks until an event (or a non-zero timeout).
+    Blocks,
+    /// It returns at once: a zero timeout, a non-blocking descriptor, `MSG_DONTWAIT`. A loop
+    /// that polls like this is busy, not at rest, and the call's result is not what the
+    /// program waits for.
+    Returns(&'static str),
+    /// A `read`/`recv` of something that is neither a socket nor a pipe (a file, a device):
+    /// not the wait of a main loop.
+    NotAWait,
+}
+
+/// Whether system call `nr` with arguments `args`, about to run (or interrupted) in the
+/// process of `mem`, waits: see [`Wait`]. Reads the timeout structures the call points to and
+/// the descriptor's flags (`O_NONBLOCK`).
+pub fn waits(mem: &crate::ProcessMemory, nr: i64, args: &[u64; 6]) -> Result<Wait> {
+    let zero_time = |ptr: u64| -> Result<bool> {
+        if ptr == 0 {
+            return Ok(false); // NULL: no timeout, blocks
+        }
+        let mut b = [0u8; 16];
+        crate::Memory::read(mem, crate::RemoteAddr::new(ptr), &mut b)?;
+        Ok(b.iter().all(|&x| x == 0))
+    };
+    // `None`: no such descriptor (the call fails at once with EBADF).
+    let fd_of = |fd: u64| -> Result<Option<(bool, FdTarget)>> {
+        Ok(fd_info(mem.pid(), fd as i32)?.map(|i| (i.flags & libc::O_NONBLOCK != 0, i.target)))
+    };
+    Ok(match nr {
+        libc::SYS_poll if args[2] as i32 == 0 => Wait::Returns("a zero timeout"),
+        libc::SYS_epoll_wait | libc::SYS_epoll_pwait if args[3] as i32 == 0 => {
+            Wait::Returns("a zero timeout")
+        }
+        libc::SYS_ppoll if zero_time(args[2])? => Wait::Returns("a zero timeout"),
+        libc::SYS_epoll_pwait2 if zero_time(args[3])? => Wait::Returns("a zero timeout"),
+        libc::SYS_select | libc::SYS_pselect6 if zero_time(args[4])? => {
+            Wait::Returns("a zero timeout")
+        }
+        libc::SYS_read | libc::SYS_recvfrom | libc::SYS_recvmsg => {
+            let dontwait = match nr {
+                libc::SYS_recvfrom => args[3] as i32 & libc::MSG_DONTWAIT != 0,
+                libc::SYS_recvmsg => args[2] as i32 & libc::MSG_DONTWAIT != 0,
+                _ => false,
+            };
+            match fd_of(args[0])? {
+                None => Wait::NotAWait,
+                Some((_, FdTarget::Socket(_) | FdTarget::Pipe(_))) if dontwait => {
+                    Wait::Returns("MSG_DONTWAIT")
+                }
+                Some((true, FdTarget::Socket(_) | FdTarget::Pipe(_))) => {
+                    Wait::Returns("a non-blocking descriptor")
+                }
+                Some((false, FdTarget::Socket(_) | FdTarget::Pipe(_))) => Wait::Blocks,
+                Some(_) => Wait::NotAWait,
+            }
+        }
+        libc::SYS_accept | libc::SYS_accept4 => match fd_of(args[0])? {
+            None => Wait::NotAWait,
+            Some((true, _)) => Wait::Returns("a non-blocking descriptor"),
+            Some((false, _)) => Wait::Blocks,
+        },
+        _ => Wait::Blocks,
+    })
 }
 
 /// Whether `/proc` shows thread `tid` blocked in one of `calls` (without stopping it).
@@ -160,6 +233,9 @@ pub fn quiesce(tracee: &mut Tracee, calls: &[i64], timeout: Duration) -> Result<
                     match p {
                         ThreadPoint::OtherCall { nr } => {
                             format!("thread {t} ({comm}) in system call {nr}")
+                        }
+                        ThreadPoint::Polling { nr, why } => {
+                            format!("thread {t} ({comm}) polling in system call {nr} with {why}")
                         }
                         _ => format!("thread {t} ({comm}) running"),
                     }
