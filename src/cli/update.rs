@@ -112,9 +112,10 @@ pub fn print_report(out: &mut impl Write, r: &Report, to: &std::path::Path) -> s
             if r.old_running {
                 writeln!(out, "process {} was not touched", r.old_pid)?;
             }
-            for f in &r.findings {
-                writeln!(out, "  finding: {f}")?;
+            if !r.spawned_output.is_empty() {
+                print_spawned_output(out, r)?;
             }
+            return Ok(());
         }
         Outcome::Aborted { phase, reason } => {
             writeln!(out, "aborted in {phase}: {reason}")?;
@@ -205,6 +206,19 @@ pub fn print_report(out: &mut impl Write, r: &Report, to: &std::path::Path) -> s
         {
             writeln!(out, "  | {l}")?;
         }
+    }
+    Ok(())
+}
+
+/// The last lines the spawned processes printed (kept out of the old process's logs).
+fn print_spawned_output(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "last output of the spawned processes (never written to the old process's logs):"
+    )?;
+    let lines: Vec<&str> = r.spawned_output.lines().collect();
+    for l in &lines[lines.len().saturating_sub(20)..] {
+        writeln!(out, "  | {l}")?;
     }
     Ok(())
 }

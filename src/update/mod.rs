@@ -804,6 +804,10 @@ impl Transaction<'_> {
             &cfg.rules,
             cfg.argv.is_some(),
         );
+        if !findings.is_empty() {
+            self.report.findings = findings.clone();
+            return Err(refuse(coverage::refusal(&findings)));
+        }
         let old_at = if cfg.at.is_some() {
             None
         } else {
