@@ -616,7 +616,8 @@ impl Transaction<'_> {
         let t = Instant::now();
         self.phase = Some((Phase::Quiesce, t));
         let quiesce = |e: anyhow::Error| Abort::new(Phase::Quiesce, e);
-        self.strike_old_at(inject::Point::Quiesce).map_err(quiesce)?;
+        self.strike_old_at(inject::Point::Quiesce)
+            .map_err(quiesce)?;
         let mut old = Tracee::seize(pid).map_err(|e| quiesce(e.into()))?;
         self.downtime_start = Some(Instant::now());
         let old_held = self.quiesce_old(&mut old).map_err(|e| {
