@@ -261,7 +261,7 @@ fn value(
             b.resize(size.max(b.len()), 0);
             (b, RemoteAddr::NULL)
         }
-        Place::OptimisedOut => return Err("<optimized out>".into()),
+        Place::OptimisedOut => return Err("optimized out".into()),
         Place::Unavailable(why) => return Err(why.clone()),
         Place::Unsupported(op) => return Err(format!("location uses {op}, not supported")),
     };

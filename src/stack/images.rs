@@ -166,6 +166,11 @@ impl ProcessImages {
         Ok(ProcessImages { pid, objects })
     }
 
+    /// A set of objects put together by the caller (tests, snapshots of another machine).
+    pub fn from_objects(pid: Pid, objects: Vec<LoadedImage>) -> ProcessImages {
+        ProcessImages { pid, objects }
+    }
+
     /// The process.
     pub fn pid(&self) -> Pid {
         self.pid

@@ -448,11 +448,18 @@ pub fn unwind_thread_with<M: Memory + ?Sized>(
         }
         let lookup = if exact { pc } else { pc.wrapping_sub(1) };
         let object = images.object_containing(lookup);
-        let (function, inline_chain, sub) = identify(object, lookup, pc);
         let row = match object {
             Some(o) => o.image.cfi().row(&mut ctx, o.vaddr(lookup))?,
             None => None,
         };
+        // A signal trampoline's pc is where the handler returns to, its first instruction
+        // (its FDE starts one byte early so that `pc - 1` finds it): name it by its pc.
+        let named = if row.as_ref().is_some_and(|r| r.signal_frame) {
+            pc
+        } else {
+            lookup
+        };
+        let (function, inline_chain, sub) = identify(object, named, pc);
         let mut frame = Frame {
             pc: RemoteAddr::new(pc),
             cfa: None,
@@ -720,9 +727,6 @@ fn step_frame_pointer<M: Memory + ?Sized>(
     let Some(rbp) = regs.get(RBP).filter(|&v| v != 0 && v % 8 == 0) else {
         return Ok(None);
     };
-    if regs.sp().is_some_and(|sp| rbp < sp) {
-        return Ok(None);
-    }
     let read = |addr: u64| mem.read_u64(RemoteAddr::new(addr)).map_err(|_| addr);
     let saved_rbp = read(rbp)?;
     let ra = read(rbp.wrapping_add(8))?;
