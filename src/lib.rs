@@ -10,6 +10,7 @@ pub mod faults;
 pub mod heap;
 pub mod inspect;
 pub mod mapping;
+pub mod stack;
 pub mod state;
 pub mod transfer;
 pub mod update;

@@ -59,11 +59,15 @@ enum Command {
     /// Show a live process's globals (and with --heap its heap objects) as typed values.
     Inspect {
         /// The process to look at; it is stopped while its memory is read, then resumed.
-        #[arg(long)]
-        pid: i32,
+        #[arg(long, required_unless_present = "stacks")]
+        pid: Option<i32>,
         /// Also show the heap objects reachable from the globals, and a summary of the graph.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "stacks")]
         heap: bool,
+        /// Show every thread's call stack instead (`--stacks PID`, or `--pid PID --stacks`),
+        /// with each frame's parameters and locals.
+        #[arg(long, value_name = "PID", num_args = 0..=1)]
+        stacks: Option<Option<i32>>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -149,13 +153,24 @@ fn main() -> ExitCode {
             json: *json,
             progress: *progress,
         }),
-        (Some(Command::Inspect { pid, heap, json }), _) => {
-            cli::inspect::run(cli::inspect::Config {
-                pid: *pid,
+        (
+            Some(Command::Inspect {
+                pid,
+                heap,
+                stacks,
+                json,
+            }),
+            _,
+        ) => match (stacks, pid) {
+            (Some(Some(p)), _) | (Some(None), Some(p)) => cli::inspect::run_stacks(*p, *json),
+            (Some(None), None) => Err(anyhow::anyhow!("--stacks needs a PID (or --pid)")),
+            (None, Some(p)) => cli::inspect::run(cli::inspect::Config {
+                pid: *p,
                 heap: *heap,
                 json: *json,
-            })
-        }
+            }),
+            (None, None) => Err(anyhow::anyhow!("inspect needs --pid")),
+        },
         (
             Some(Command::Plan {
                 from,

@@ -1,4 +1,5 @@
-//! `transplant inspect --pid N [--heap] [--json]`: the typed view of a live process.
+//! `transplant inspect --pid N [--heap] [--json]`: the typed view of a live process;
+//! `transplant inspect --stacks N [--json]`: its threads' call stacks with their locals.
 
 use std::process::ExitCode;
 
@@ -247,4 +248,76 @@ fn render(bin: &Binary, printer: &Printer<'_>, graph: &StateGraph, o: &Object) -
     } else {
         format!("{{{}}}", parts.join(", "))
     }
+}
+
+/// Runs `inspect --stacks`: every thread, its frames innermost first as gdb's `bt` numbers
+/// them, each frame's parameters and locals with their values.
+pub fn run_stacks(pid: i32, json: bool) -> anyhow::Result<ExitCode> {
+    let p = Pid::from_raw(pid);
+    let s = transplant::inspect::stacks::stacks(p)
+        .with_context(|| format!("reading the stacks of process {pid}"))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&s).expect("the report serialises")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for t in &s.threads {
+        println!("Thread {} \"{}\":", t.tid, t.name);
+        if let Some(e) = &t.error {
+            println!("  <cannot unwind: {e}>");
+        }
+        let mut n = 0;
+        for f in &t.frames {
+            // Inlined calls are frames of their own, innermost first, as in gdb.
+            let names: Vec<&String> = f.inline_chain.iter().rev().chain([&f.function]).collect();
+            for (i, name) in names.iter().enumerate() {
+                let fp = if f.unwound_by == transplant::stack::UnwoundBy::FramePointer {
+                    " [frame pointer]"
+                } else {
+                    ""
+                };
+                let object = f
+                    .object
+                    .as_deref()
+                    .and_then(|o| o.rsplit('/').next())
+                    .unwrap_or("?");
+                if i + 1 == names.len() {
+                    println!("#{n:<2} {} in {name} ({object}+{:#x}){fp}", f.pc, f.offset);
+                } else {
+                    println!("#{n:<2} {} in {name} (inlined)", f.pc);
+                }
+                for l in f.locals.iter().filter(|l| &&l.function == name) {
+                    match (&l.value, &l.warning) {
+                        (Some(v), _) => println!("      {} = {v}", l.name),
+                        (None, w) => println!(
+                            "      {} = <{}>",
+                            l.name,
+                            w.as_deref().unwrap_or("not readable")
+                        ),
+                    }
+                }
+                n += 1;
+            }
+        }
+        if let Some(end) = &t.end {
+            if !matches!(
+                end,
+                transplant::stack::End::Outermost
+                    | transplant::stack::End::EntryFunction(_)
+                    | transplant::stack::End::NullReturnAddress
+            ) {
+                println!("  <stack ends early: {end:?}>");
+            }
+        }
+        println!();
+    }
+    println!(
+        "# {} threads, {} frames; process stopped {:.1} ms",
+        s.threads.len(),
+        s.frames,
+        s.stopped.as_secs_f64() * 1e3
+    );
+    Ok(ExitCode::SUCCESS)
 }

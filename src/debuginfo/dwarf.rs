@@ -18,6 +18,10 @@ use object::{Object, ObjectSection};
 
 use super::dedup::{self, FxMap, FxSet};
 use super::error::DebugInfoError;
+use super::frames::{
+    self, Block, BlockKind, LocalKind, LocalVariable, Location as Where, LocationRange, Locations,
+    Subprogram,
+};
 use super::types::{
     BitField, Composite, Encoding, EnumType, Language, Member, Type, TypeId, Types, Variant,
     VariantEnum,
@@ -27,6 +31,8 @@ use super::{CompilationUnit, CuId, Function, ThreadLocal, Variable, VariableKind
 type R<'d> = EndianSlice<'d, LittleEndian>;
 type Unit<'d> = gimli::Unit<R<'d>>;
 type Entry<'d> = DebuggingInformationEntry<R<'d>>;
+/// Code ranges `[begin, end)`.
+type Ranges = Vec<(u64, u64)>;
 
 /// Everything read from the DWARF of one binary.
 pub(crate) struct Parsed {
@@ -35,6 +41,7 @@ pub(crate) struct Parsed {
     pub variables: Vec<Variable>,
     pub thread_locals: Vec<ThreadLocal>,
     pub functions: Vec<Function>,
+    pub subprograms: Vec<Subprogram>,
     pub notes: Vec<String>,
     /// Type DIEs seen before merging identical ones.
     pub type_dies: usize,
@@ -141,6 +148,9 @@ impl UnitCx<'_, '_> {
 struct Scope {
     path: Vec<String>,
     function: Option<Rc<str>>,
+    /// The function with code being walked (index in `Builder::subprograms`) and the block of
+    /// it the DIE sits in: where parameters and locals go.
+    frame: Option<(u32, u32)>,
 }
 
 impl Scope {
@@ -204,6 +214,7 @@ struct Builder<'a, 'd> {
     variables: Vec<Variable>,
     thread_locals: Vec<ThreadLocal>,
     functions: Vec<Function>,
+    subprograms: Vec<Subprogram>,
     seen_vars: FxSet<(u64, String)>,
     /// Unit and enclosing function of variable DIEs without a location, which may be the
     /// abstract origin of a located DIE elsewhere.
@@ -309,6 +320,7 @@ impl<'a, 'd> Builder<'a, 'd> {
             variables: Vec::new(),
             thread_locals: Vec::new(),
             functions: Vec::new(),
+            subprograms: Vec::new(),
             seen_vars: FxSet::default(),
             origins: FxMap::default(),
             pending_origins: Vec::new(),
@@ -514,16 +526,35 @@ impl<'a, 'd> Builder<'a, 'd> {
                 self.children(cx, node.children(), &s)
             }
             constants::DW_TAG_subprogram => {
-                let name = self.function(cx, entry, scope)?;
+                let (name, ranges) = self.function(cx, entry, scope)?;
                 let mut s = scope.clone();
+                s.frame = match ranges {
+                    Some(ranges) => Some((self.subprogram(cx, entry, &name, ranges)?, 0)),
+                    None => None,
+                };
                 s.function = Some(name.into());
                 self.children(cx, node.children(), &s)
             }
-            constants::DW_TAG_lexical_block
-            | constants::DW_TAG_inlined_subroutine
-            | constants::DW_TAG_common_block => self.children(cx, node.children(), scope),
+            constants::DW_TAG_lexical_block | constants::DW_TAG_inlined_subroutine => {
+                let mut s = scope.clone();
+                if let Some((sub, parent)) = scope.frame {
+                    let block = self.block(cx, entry, sub, parent)?;
+                    s.frame = Some((sub, block));
+                }
+                self.children(cx, node.children(), &s)
+            }
+            constants::DW_TAG_common_block => self.children(cx, node.children(), scope),
             constants::DW_TAG_variable => {
                 self.variable(cx, entry, scope)?;
+                if let Some(frame) = scope.frame {
+                    self.local(cx, entry, frame, LocalKind::Variable)?;
+                }
+                Ok(())
+            }
+            constants::DW_TAG_formal_parameter => {
+                if let Some(frame) = scope.frame {
+                    self.local(cx, entry, frame, LocalKind::Parameter)?;
+                }
                 Ok(())
             }
             t if is_type_tag(t) => self.type_die(cx, node, scope),
@@ -619,7 +650,7 @@ impl<'a, 'd> Builder<'a, 'd> {
         cx: &UnitCx<'_, 'd>,
         entry: &Entry<'d>,
         scope: &Scope,
-    ) -> gimli::Result<String> {
+    ) -> gimli::Result<(String, Option<Ranges>)> {
         let d = self.describe(cx, entry)?;
         let name = d
             .name
@@ -627,7 +658,7 @@ impl<'a, 'd> Builder<'a, 'd> {
             .map(|n| scope.qualify(cx.lang, n))
             .unwrap_or_else(|| "<anonymous function>".into());
         if flag(entry, constants::DW_AT_declaration) {
-            return Ok(name);
+            return Ok((name, None));
         }
         let mut ranges = Vec::new();
         let mut iter = self.dwarf.die_ranges(cx.unit, entry)?;
@@ -638,7 +669,7 @@ impl<'a, 'd> Builder<'a, 'd> {
             }
         }
         if ranges.is_empty() {
-            return Ok(name);
+            return Ok((name, None));
         }
         let entry_pc = entry
             .attr_value(constants::DW_AT_entry_pc)
@@ -660,10 +691,158 @@ impl<'a, 'd> Builder<'a, 'd> {
             unit: cx.cu,
             low_pc,
             high_pc,
-            ranges,
+            ranges: ranges.clone(),
             external: d.external,
         });
-        Ok(name)
+        Ok((name, Some(ranges)))
+    }
+
+    /// Starts the frame model of a function with code (its block 0), returning its index.
+    fn subprogram(
+        &mut self,
+        cx: &UnitCx<'_, 'd>,
+        entry: &Entry<'d>,
+        name: &str,
+        ranges: Vec<(u64, u64)>,
+    ) -> gimli::Result<u32> {
+        let linkage_name = self.functions.last().and_then(|f| f.linkage_name.clone());
+        let frame_base = match entry.attr_value(constants::DW_AT_frame_base) {
+            Some(v) => Some(self.locations(cx, v)?),
+            None => None,
+        };
+        let id = self.subprograms.len() as u32;
+        self.subprograms.push(Subprogram {
+            name: name.to_owned(),
+            demangled: frames::display_name(name, linkage_name.as_deref()),
+            linkage_name,
+            ranges: ranges.clone(),
+            frame_base,
+            blocks: vec![Block {
+                parent: None,
+                kind: BlockKind::Function,
+                ranges,
+                variables: Vec::new(),
+            }],
+        });
+        Ok(id)
+    }
+
+    /// Adds a lexical block or inlined call inside block `parent` of subprogram `sub`.
+    fn block(
+        &mut self,
+        cx: &UnitCx<'_, 'd>,
+        entry: &Entry<'d>,
+        sub: u32,
+        parent: u32,
+    ) -> gimli::Result<u32> {
+        let mut ranges = Vec::new();
+        let mut iter = self.dwarf.die_ranges(cx.unit, entry)?;
+        while let Some(r) = iter.next()? {
+            if r.begin < r.end && r.begin != 0 {
+                ranges.push((r.begin, r.end));
+            }
+        }
+        let kind = if entry.tag() == constants::DW_TAG_inlined_subroutine {
+            let d = self.describe(cx, entry)?;
+            let name = d.name.unwrap_or_else(|| "<anonymous function>".into());
+            BlockKind::Inlined {
+                demangled: frames::display_name(&name, d.linkage_name.as_deref()),
+                name,
+                linkage_name: d.linkage_name,
+                call_line: udata(entry, constants::DW_AT_call_line).unwrap_or(0),
+            }
+        } else {
+            BlockKind::Lexical
+        };
+        let blocks = &mut self.subprograms[sub as usize].blocks;
+        blocks.push(Block {
+            parent: Some(parent),
+            kind,
+            ranges,
+            variables: Vec::new(),
+        });
+        Ok((blocks.len() - 1) as u32)
+    }
+
+    /// Records a parameter or local variable in its block.
+    fn local(
+        &mut self,
+        cx: &UnitCx<'_, 'd>,
+        entry: &Entry<'d>,
+        (sub, block): (u32, u32),
+        kind: LocalKind,
+    ) -> gimli::Result<()> {
+        if flag(entry, constants::DW_AT_declaration) {
+            return Ok(());
+        }
+        let d = self.describe(cx, entry)?;
+        let ty = match d.ty {
+            Some(t) => t,
+            None => self.unknown("local variable without a type"),
+        };
+        let locations = match entry.attr_value(constants::DW_AT_location) {
+            Some(v) => self.locations(cx, v)?,
+            None => match entry.attr_value(constants::DW_AT_const_value) {
+                Some(v) => match raw_const(&v) {
+                    Some((c, _)) => Locations::Single(Where::Constant(c)),
+                    None => match v {
+                        AttributeValue::Block(b) => {
+                            Locations::Single(Where::ImplicitValue(b.slice().to_vec()))
+                        }
+                        _ => Locations::None,
+                    },
+                },
+                None => Locations::None,
+            },
+        };
+        let var = LocalVariable {
+            name: d.name.unwrap_or_else(|| "<anonymous>".into()),
+            kind,
+            ty,
+            locations,
+            artificial: flag(entry, constants::DW_AT_artificial),
+        };
+        if let Some(b) = self.subprograms[sub as usize]
+            .blocks
+            .get_mut(block as usize)
+        {
+            b.variables.push(var);
+        }
+        Ok(())
+    }
+
+    /// Classifies a `DW_AT_location` or `DW_AT_frame_base` value: an expression or a
+    /// location list.
+    fn locations(
+        &mut self,
+        cx: &UnitCx<'_, 'd>,
+        value: AttributeValue<R<'d>>,
+    ) -> gimli::Result<Locations> {
+        let dwarf = self.dwarf;
+        let unit = cx.unit;
+        let index = |i| dwarf.address(unit, i).ok();
+        if let AttributeValue::Exprloc(expr) = value {
+            return Ok(Locations::Single(frames::classify(
+                expr,
+                unit.encoding(),
+                &index,
+            )));
+        }
+        let Some(mut iter) = dwarf.attr_locations(unit, value)? else {
+            return Ok(Locations::None);
+        };
+        let mut list = Vec::new();
+        while let Some(e) = iter.next()? {
+            if e.range.begin >= e.range.end {
+                continue;
+            }
+            list.push(LocationRange {
+                begin: e.range.begin,
+                end: e.range.end,
+                location: frames::classify(e.data, unit.encoding(), &index),
+            });
+        }
+        Ok(Locations::List(list))
     }
 
     fn location(&self, cx: &UnitCx<'_, 'd>, entry: &Entry<'d>) -> gimli::Result<Location> {
@@ -1197,6 +1376,7 @@ impl<'a, 'd> Builder<'a, 'd> {
         for v in &mut self.thread_locals {
             v.ty = resolve[v.ty.index()];
         }
+        for_each_local(&mut self.subprograms, |v| v.ty = resolve[v.ty.index()]);
         // Placeholders never filled: references to DIEs that are not types we walked.
         let unresolved = (0..n).filter(|&i| !self.filled[i]).count();
         if unresolved > 0 {
@@ -1307,6 +1487,7 @@ impl<'a, 'd> Builder<'a, 'd> {
         for v in &mut self.thread_locals {
             v.ty = remap[v.ty.index()];
         }
+        for_each_local(&mut self.subprograms, |v| v.ty = remap[v.ty.index()]);
         let types = Types::new(self.types, self.langs);
         for v in &mut self.variables {
             v.size = types.byte_size(v.ty);
@@ -1333,6 +1514,7 @@ impl<'a, 'd> Builder<'a, 'd> {
         }
         self.functions.sort_by_key(|f| (f.low_pc, f.high_pc));
         Parsed {
+            subprograms: self.subprograms,
             types,
             units: self.units,
             variables: self.variables,
@@ -1340,6 +1522,14 @@ impl<'a, 'd> Builder<'a, 'd> {
             functions: self.functions,
             notes: self.notes,
             type_dies,
+        }
+    }
+}
+
+fn for_each_local(subprograms: &mut [Subprogram], mut f: impl FnMut(&mut LocalVariable)) {
+    for s in subprograms {
+        for b in &mut s.blocks {
+            b.variables.iter_mut().for_each(&mut f);
         }
     }
 }

@@ -209,7 +209,7 @@ pub(crate) struct Search<'o> {
 /// A separate debug file that matched.
 pub(crate) struct Found {
     pub path: PathBuf,
-    pub data: Vec<u8>,
+    pub data: tracer::mapfile::MappedFile,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -227,6 +227,17 @@ pub(crate) fn find_separate(
     file: &object::File<'_>,
     search: &Search<'_>,
 ) -> Result<Found, Vec<String>> {
+    find_separate_where(path, file, search, has_dwarf)
+}
+
+/// [`find_separate`] accepting a candidate when `usable` says so (the light loading of
+/// [`super::Image`] takes a debug file for its symbols and CFI alone).
+pub(crate) fn find_separate_where(
+    path: &Path,
+    file: &object::File<'_>,
+    search: &Search<'_>,
+    usable: fn(&object::File<'_>) -> bool,
+) -> Result<Found, Vec<String>> {
     let mut tried = Vec::new();
     let build_id = file.build_id().ok().flatten();
     if let Some(id) = build_id.filter(|id| id.len() >= 2) {
@@ -236,7 +247,7 @@ pub(crate) fn find_separate(
                 .join(".build-id")
                 .join(&h[..2])
                 .join(format!("{}.debug", &h[2..]));
-            match check(&cand, build_id, None) {
+            match check(&cand, build_id, None, usable) {
                 Ok(found) => return Ok(found),
                 Err(why) => tried.push(format!("{} ({why})", cand.display())),
             }
@@ -258,7 +269,7 @@ pub(crate) fn find_separate(
                 if cand == real {
                     continue;
                 }
-                match check(&cand, build_id, Some(crc)) {
+                match check(&cand, build_id, Some(crc), usable) {
                     Ok(found) => return Ok(found),
                     Err(why) => tried.push(format!("{} ({why})", cand.display())),
                 }
@@ -269,8 +280,13 @@ pub(crate) fn find_separate(
     Err(tried)
 }
 
-fn check(cand: &Path, build_id: Option<&[u8]>, crc: Option<u32>) -> Result<Found, String> {
-    let data = match std::fs::read(cand) {
+fn check(
+    cand: &Path,
+    build_id: Option<&[u8]>,
+    crc: Option<u32>,
+    usable: fn(&object::File<'_>) -> bool,
+) -> Result<Found, String> {
+    let data = match tracer::mapfile::MappedFile::open(cand) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("not found".into()),
         Err(e) => return Err(e.to_string()),
@@ -282,7 +298,7 @@ fn check(cand: &Path, build_id: Option<&[u8]>, crc: Option<u32>) -> Result<Found
                 return Err(format!("build-id {} does not match", hex(have)));
             }
         }
-        if !has_dwarf(&f) {
+        if !usable(&f) {
             return Err("has no .debug_info".into());
         }
     }

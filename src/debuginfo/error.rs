@@ -66,4 +66,14 @@ pub enum DebugInfoError {
         /// gimli's complaint.
         detail: String,
     },
+    /// The call frame information covering a pc could not be read.
+    #[error("{path}: cannot read the call frame information at pc {pc:#x}: {detail}", path = path.display())]
+    Cfi {
+        /// The object file.
+        path: PathBuf,
+        /// The link-time pc looked up.
+        pc: u64,
+        /// gimli's complaint.
+        detail: String,
+    },
 }

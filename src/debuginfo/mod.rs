@@ -24,10 +24,13 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod cfi;
 mod dedup;
 mod dwarf;
 mod elf;
 mod error;
+pub mod frames;
+mod image;
 mod types;
 
 use std::collections::HashMap;
@@ -36,6 +39,11 @@ use std::time::{Duration, Instant};
 
 pub use elf::{ElfKind, Segment, Symbol, SymbolKind};
 pub use error::DebugInfoError;
+pub use frames::{
+    Block, BlockKind, LocalKind, LocalVariable, Location, LocationRange, Locations, Subprogram,
+    SubprogramId,
+};
+pub use image::Image;
 pub use types::{
     BitField, Composite, Encoding, EnumType, FatPointer, FatPointerKind, Language, Member, Type,
     TypeId, Types, Variant, VariantEnum,
@@ -196,6 +204,9 @@ pub struct Binary {
     code_ranges: Vec<(u64, u64, usize)>,
     thread_locals: Vec<ThreadLocal>,
     functions: Vec<Function>,
+    subprograms: Vec<Subprogram>,
+    /// (start, end, index into `subprograms`) of every code range, sorted by start.
+    subprogram_ranges: Vec<(u64, u64, u32)>,
     symbols: Vec<Symbol>,
     notes: Vec<String>,
     stats: LoadStats,
@@ -218,10 +229,11 @@ impl Binary {
     ) -> Result<Binary, DebugInfoError> {
         let start = Instant::now();
         let path = path.as_ref();
-        let data = std::fs::read(path).map_err(|source| DebugInfoError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let data =
+            tracer::mapfile::MappedFile::open(path).map_err(|source| DebugInfoError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
         let file = elf::parse(path, &data)?;
         let kind = elf::kind(path, &file)?;
         let segments = elf::segments(&file);
@@ -306,6 +318,13 @@ impl Binary {
             .flat_map(|(i, f)| f.ranges.iter().map(move |&(b, e)| (b, e, i)))
             .collect();
         code_ranges.sort_unstable();
+        let mut subprogram_ranges: Vec<(u64, u64, u32)> = parsed
+            .subprograms
+            .iter()
+            .enumerate()
+            .flat_map(|(i, f)| f.ranges.iter().map(move |&(b, e)| (b, e, i as u32)))
+            .collect();
+        subprogram_ranges.sort_unstable();
         let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, v) in variables.iter().enumerate() {
             by_name.entry(v.name.clone()).or_default().push(i);
@@ -340,6 +359,8 @@ impl Binary {
             code_ranges,
             thread_locals: parsed.thread_locals,
             functions: parsed.functions,
+            subprograms: parsed.subprograms,
+            subprogram_ranges,
             symbols,
             notes: parsed.notes,
             stats,
@@ -498,6 +519,30 @@ impl Binary {
             .take(8)
             .find(|r| addr < r.1)
             .map(|r| &self.functions[r.2])
+    }
+
+    /// Functions with code and what their frames hold (parameters, locals, lexical blocks,
+    /// inlined calls, frame base), in DWARF order.
+    pub fn subprograms(&self) -> &[Subprogram] {
+        &self.subprograms
+    }
+
+    /// One function's frame model.
+    pub fn subprogram(&self, id: SubprogramId) -> &Subprogram {
+        &self.subprograms[id.0 as usize]
+    }
+
+    /// The function with code containing link-time `pc` (the innermost one, should DWARF nest
+    /// them), for its frame's variables and inline chain at `pc`.
+    pub fn subprogram_containing(&self, pc: u64) -> Option<SubprogramId> {
+        let i = self.subprogram_ranges.partition_point(|r| r.0 <= pc);
+        self.subprogram_ranges[..i]
+            .iter()
+            .rev()
+            .take(8)
+            .filter(|r| pc < r.1)
+            .max_by_key(|r| r.0)
+            .map(|r| SubprogramId(r.2))
     }
 
     /// The variable whose storage contains link-time address `addr` (its extent is the

@@ -22,6 +22,7 @@
 
 pub mod float;
 pub mod print;
+pub mod stacks;
 pub mod symbols;
 
 use std::cell::RefCell;
@@ -47,6 +48,9 @@ pub enum InspectError {
     /// The process could not be stopped, read or released.
     #[error(transparent)]
     Tracer(#[from] tracer::Error),
+    /// A thread's stack could not be unwound.
+    #[error(transparent)]
+    Stack(crate::stack::Error),
     /// The executable is not among the objects mapped by the process.
     #[error("process {pid}: its executable {exe} is not mapped", exe = exe.display())]
     NoMainObject {

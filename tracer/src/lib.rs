@@ -11,6 +11,7 @@ pub mod addr;
 pub mod error;
 pub mod fd;
 pub mod fdpass;
+pub mod mapfile;
 pub mod mem;
 pub mod procfs;
 pub mod ptrace;
