@@ -123,7 +123,10 @@ fn update_shape(
                     Outcome::Committed => unreachable!(),
                 };
                 for n in *needles {
-                    assert!(reason.contains(n), "reason lacks {n:?}: {reason}");
+                    assert!(
+                        reason.contains(n),
+                        "reason lacks {n:?}: {reason}\n{report:#?}"
+                    );
                 }
                 for spawned in [report.new_pid, report.reversed_pid].into_iter().flatten() {
                     assert!(!std::path::Path::new(&format!("/proc/{spawned}")).exists());

@@ -57,6 +57,12 @@ pub struct OldAt {
     pub main: Point,
     /// State the capture would not cover, found while it was stopped (thread-locals).
     pub findings: Vec<Finding>,
+    /// Its objects, for unwinding.
+    pub images: crate::stack::ProcessImages,
+    /// Its main thread's program frames.
+    pub frames: super::frames::Frames,
+    /// What its pointers point at.
+    pub regions: super::frames::Regions,
 }
 
 /// Stops the old process for an instant (seize, interrupt, read registers, detach) to see
@@ -64,10 +70,15 @@ pub struct OldAt {
 /// exactly as before: an interrupted wait is restarted by the kernel on detach.
 pub fn probe_old(
     pid: Pid,
-    binary: &Binary,
+    binary: &std::sync::Arc<Binary>,
     rules: &Rules,
     timeout: Duration,
-) -> tracer::Result<OldAt> {
+) -> anyhow::Result<OldAt> {
+    let images = crate::stack::ProcessImages::load_with(
+        pid,
+        &crate::debuginfo::LoadOptions::default(),
+        Some(binary.clone()),
+    )?;
     let mut t = Tracee::seize(pid)?;
     let result = (|| {
         let q = quiesce(&mut t, &default_quiescent_calls(), timeout)?;
@@ -79,9 +90,16 @@ pub fn probe_old(
             .unwrap_or(q.threads[0]);
         let r = t.regs(tid)?;
         let findings = coverage::thread_state(&t, binary, rules);
+        let frames = super::frames::read(&t, tid, &images, binary).map_err(|e| {
+            anyhow::Error::new(e).context(format!("unwinding thread {tid} of process {pid}"))
+        })?;
+        let regions = super::frames::Regions::of(pid, frames.extent);
         Ok(OldAt {
             main: Point::new(tid, nr, [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9]),
             findings,
+            images,
+            frames,
+            regions,
         })
     })();
     t.detach()?;

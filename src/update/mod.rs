@@ -22,6 +22,7 @@
 pub mod corrupt;
 pub mod coverage;
 mod fds;
+pub mod frames;
 pub mod held;
 pub mod inject;
 mod output;
@@ -734,6 +735,10 @@ struct Started {
     channel: tracer::fdpass::FdChannel,
     listeners: Vec<spawned::Listener>,
     old_at: held::Point,
+    /// What the probe saw of the old process (its objects, frames), unless `--at`.
+    old_probe: Option<held::OldAt>,
+    /// The future's program frames at its held point, with what its loop carries.
+    frames: Option<frames::Frames>,
     resume: held::Resume,
     old_prepared: Option<Prepared>,
     future_prepared: Option<Prepared>,
@@ -817,12 +822,12 @@ impl Transaction<'_> {
                 &cfg.rules,
                 cfg.quiesce_timeout,
             )
-            .map_err(|e| {
-                startup(anyhow::Error::new(e).context("probing where the old process waits"))
-            })?;
-            findings.extend(at.findings);
-            Some(at.main)
+            .map_err(|e| startup(e.context("probing where the old process waits")))?;
+            findings.extend(at.findings.iter().cloned());
+            Some(at)
         };
+        let old_probe = old_at;
+        let old_at = old_probe.as_ref().map(|p| p.main.clone());
         self.report.findings = findings.clone();
         if !findings.is_empty() {
             return Err(refuse(coverage::refusal(&findings)));
@@ -837,9 +842,10 @@ impl Transaction<'_> {
             context.argv = argv.clone();
         }
         raise_nofile_limit();
-        let listeners = spawned::listeners(pid).map_err(|e| startup(e.into()))?;
+        let listeners = spawned::listeners(pid)
+            .map_err(|e| startup(anyhow::Error::new(e).context("its listening sockets")))?;
         let old_max_fd = tracer::fd::list_fds(pid)
-            .map_err(|e| startup(e.into()))?
+            .map_err(|e| startup(anyhow::Error::new(e).context("its descriptors")))?
             .iter()
             .map(|f| f.fd)
             .max()
@@ -852,7 +858,8 @@ impl Transaction<'_> {
         })?;
         let high_fd = spare_fd_base(&context, old_max_fd, listeners.len())
             .map_err(|e| startup(anyhow::anyhow!(e)))?;
-        let channel = tracer::fdpass::FdChannel::new().map_err(|e| startup(e.into()))?;
+        let channel = tracer::fdpass::FdChannel::new()
+            .map_err(|e| startup(anyhow::Error::new(e).context("a descriptor channel")))?;
         let hold = match &cfg.at {
             Some(f) => HoldAt::Function(f.clone()),
             None => HoldAt::Quiescent(tracer::quiesce::default_quiescent_calls()),
@@ -930,6 +937,10 @@ impl Transaction<'_> {
             )));
         }
         self.report.held.resume = Some(resume);
+        let frames = match &old_probe {
+            Some(probe) => Some(self.match_frames(&mut parts, probe, resume)?),
+            None => None,
+        };
         if let tracer::Held::Syscall(e) = parts.future().held {
             self.report.held.new = Some(held::Point::new(e.tid, e.nr as i64, e.args).describe());
         }
@@ -972,19 +983,32 @@ impl Transaction<'_> {
             ),
             None => None,
         };
-        let old_prepared = Prepared::with_binary(pid, self.checked.old_binary.clone())
-            .map_err(|e| startup(e.into()))?;
+        let old_prepared =
+            Prepared::with_binary(pid, self.checked.old_binary.clone()).map_err(|e| {
+                startup(anyhow::Error::new(e).context("preparing the capture of the old process"))
+            })?;
         // The captures of the verification, prepared now so that loading nothing counts as
         // downtime: their mappings of libc do not change.
         let (future_prepared, reversed_prepared) = match &parts.reversed {
             Some(r) => (
                 Some(
-                    Prepared::with_binary(future_pid, self.checked.new_binary.clone())
-                        .map_err(|e| startup(e.into()))?,
+                    Prepared::with_binary(future_pid, self.checked.new_binary.clone()).map_err(
+                        |e| {
+                            startup(
+                                anyhow::Error::new(e)
+                                    .context("preparing the capture of the future"),
+                            )
+                        },
+                    )?,
                 ),
                 Some(
                     Prepared::with_binary(r.tracee.pid(), self.checked.old_binary.clone())
-                        .map_err(|e| startup(e.into()))?,
+                        .map_err(|e| {
+                            startup(
+                                anyhow::Error::new(e)
+                                    .context("preparing the capture of the reversed process"),
+                            )
+                        })?,
                 ),
             ),
             None => (None, None),
@@ -1013,6 +1037,8 @@ impl Transaction<'_> {
             channel,
             listeners,
             old_at,
+            old_probe,
+            frames,
             resume,
             old_prepared: Some(old_prepared),
             future_prepared,
@@ -1020,6 +1046,112 @@ impl Transaction<'_> {
             future_dest,
             reversed_dest,
         })
+    }
+
+    /// The future's program frames at its held point: the same functions as the old
+    /// process's, from the outermost inwards, and no state in them that the new version's
+    /// frames lack (see [`frames`]): found by one round of its loop with its frames poisoned.
+    fn match_frames(
+        &self,
+        parts: &mut Participants,
+        probe: &held::OldAt,
+        resume: held::Resume,
+    ) -> Result<frames::Frames, Abort> {
+        let cfg = self.cfg;
+        let startup = |e: anyhow::Error| Abort::new(Phase::Startup, e);
+        let refuse = |message: String| Abort::refused(Phase::Startup, message);
+        let future = parts.future_mut();
+        let future_pid = future.tracee.pid();
+        let images = crate::stack::ProcessImages::load_with(
+            future_pid,
+            &crate::debuginfo::LoadOptions::default(),
+            Some(self.checked.new_binary.clone()),
+        )
+        .map_err(|e| startup(anyhow::Error::new(e).context("the new version's objects")))?;
+        let read = |t: &Tracee, tid: Pid| {
+            frames::read(t, tid, &images, &self.checked.new_binary).map_err(|e| {
+                startup(anyhow::Error::new(e).context(format!(
+                    "unwinding the new version (process {future_pid}) at its held point"
+                )))
+            })
+        };
+        let mut new = read(&future.tracee, future.held.tid())?;
+        if let tracer::Held::Syscall(e) = &future.held {
+            frames::written_by_call(&mut new, e);
+        }
+        let no_match = |new: &frames::Frames| {
+            refuse(format!(
+                "no matching held point: the old process waits in {} through {}, but the new \
+                 version's start-up reached a wait through {}",
+                probe.main.describe(),
+                probe.frames.describe(),
+                new.describe()
+            ))
+        };
+        if !frames::chains_match(&probe.frames, &new, &cfg.rules) {
+            return Err(no_match(&new));
+        }
+        // The locals that differ from the old process's get the old process's values for one
+        // round of its loop: what the loop writes it computes again on every round; what
+        // keeps the old value it carries (and gets back its own).
+        let differing: Vec<usize> = frames::differences(
+            &probe.frames,
+            &self.checked.old_binary,
+            &probe.regions,
+            &new,
+            &self.checked.new_binary,
+            cfg.pid,
+            &cfg.rules,
+        )
+        .into_iter()
+        .filter_map(|(i, _)| i)
+        .filter(|&i| new.slots[i].addr.is_some())
+        .collect();
+        if resume != held::Resume::Reissue && !differing.is_empty() {
+            let seeded = frames::seed(
+                &future.tracee,
+                &new,
+                &self.checked.new_binary,
+                &differing,
+                &probe.frames,
+            )
+            .map_err(|e| startup(anyhow::Error::new(e).context("seeding its frames")))?;
+            let entry = match future.held {
+                tracer::Held::Syscall(e) => e,
+                tracer::Held::Breakpoint { .. } => unreachable!("held at a call"),
+            };
+            if let Err(why) = self.try_resume(future, resume, &probe.main, &entry) {
+                let names: Vec<String> = differing
+                    .iter()
+                    .map(|&i| format!("{}::{}", new.slots[i].function, new.slots[i].name))
+                    .collect();
+                return Err(refuse(format!(
+                    "the new version's loop reads locals of its frames that hold other values in \
+                     the old process before it computes them again (with the old process's \
+                     values, {why}): its frames hold state, which is not carried yet; locals: {}",
+                    names.join(", ")
+                )));
+            }
+            frames::unseed(&future.tracee, &mut new, &seeded)
+                .map_err(|e| startup(anyhow::Error::new(e).context("restoring its frames")))?;
+            let again = read(&future.tracee, future.held.tid())?;
+            if !frames::chains_match(&probe.frames, &again, &cfg.rules) {
+                return Err(no_match(&again));
+            }
+        }
+        let findings = frames::compare(
+            &probe.frames,
+            &self.checked.old_binary,
+            &probe.regions,
+            &new,
+            &self.checked.new_binary,
+            cfg.pid,
+            &cfg.rules,
+        );
+        if !findings.is_empty() {
+            return Err(refuse(coverage::refusal(&findings)));
+        }
+        Ok(new)
     }
 
     /// Tries `resume` on the held future before anything depends on it: it must come back,
@@ -1093,7 +1225,34 @@ impl Transaction<'_> {
         held.map_err(quiesce)?;
         // Everything the probe saw before, again on the stopped process.
         let old = s.parts.old.as_ref().expect("seized");
-        let findings = coverage::stopped(old, &self.checked.old_binary, &self.cfg.rules);
+        let mut findings = coverage::stopped(old, &self.checked.old_binary, &self.cfg.rules);
+        if let (Some(probe), Some(new)) = (&s.old_probe, &s.frames) {
+            let tid = self.cfg.pid;
+            let now = frames::read(old, tid, &probe.images, &self.checked.old_binary)
+                .map_err(|e| quiesce(anyhow::Error::new(e).context("unwinding its main thread")))?;
+            if !frames::chains_match(&now, new, &self.cfg.rules) {
+                return Err(Abort::refused(
+                    Phase::Quiesce,
+                    format!(
+                        "stopped, the old process waits through {}, not where the new version is \
+                         held ({})",
+                        now.describe(),
+                        new.describe()
+                    ),
+                ));
+            }
+            let regions = frames::Regions::of(tid, now.extent);
+            findings.extend(frames::compare(
+                &now,
+                &self.checked.old_binary,
+                &regions,
+                new,
+                &self.checked.new_binary,
+                tid,
+                &self.cfg.rules,
+            ));
+        }
+
         if !findings.is_empty() {
             self.report.findings.extend(findings.clone());
             return Err(Abort::refused(Phase::Quiesce, coverage::refusal(&findings)));

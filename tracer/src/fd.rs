@@ -87,6 +87,25 @@ pub fn take_fd(pid: Pid, target_fd: RawFd) -> Result<OwnedFd> {
     PidFd::open(pid)?.get_fd(target_fd)
 }
 
+/// How many bytes wait to be read on descriptor `fd` of process `pid` (a socket or a pipe):
+/// `FIONREAD` on a duplicate taken with `pidfd_getfd`; nothing of the process changes.
+pub fn queued_input(pid: Pid, fd: RawFd) -> Result<usize> {
+    let ours = take_fd(pid, fd)?;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, which points at `n`; the
+    // descriptor is ours and open.
+    let r = unsafe { libc::ioctl(ours.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if r < 0 {
+        return Err(Error::Fd {
+            pid,
+            fd,
+            op: "ioctl(FIONREAD)",
+            source: nix::Error::last(),
+        });
+    }
+    Ok(n.max(0) as usize)
+}
+
 /// What a descriptor refers to, from `readlink /proc/PID/fd/N`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum FdTarget {

@@ -167,6 +167,13 @@ pub fn waits(mem: &crate::ProcessMemory, nr: i64, args: &[u64; 6]) -> Result<Wai
                 Some((true, FdTarget::Socket(_) | FdTarget::Pipe(_))) => {
                     Wait::Returns("a non-blocking descriptor")
                 }
+                // Input already queued: the call returns at once, in the middle of the
+                // program's work on it, not at its rest.
+                Some((false, FdTarget::Socket(_) | FdTarget::Pipe(_)))
+                    if crate::fd::queued_input(mem.pid(), args[0] as i32).unwrap_or(0) > 0 =>
+                {
+                    Wait::Returns("input already waiting")
+                }
                 Some((false, FdTarget::Socket(_) | FdTarget::Pipe(_))) => Wait::Blocks,
                 Some(_) => Wait::NotAWait,
             }
