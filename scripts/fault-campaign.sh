@@ -44,7 +44,7 @@ after=$(ask SUM)
 python3 - "$out/campaign.json" >"$out/campaign.txt" <<'PY'
 import json, sys
 c = json.load(open(sys.argv[1]))
-cols = ["runs", "detected_by_error", "detected_by_check", "harmless", "harmful_covered",
+cols = ["runs", "detected_by_error", "detected_by_check", "detected_by_probation", "harmless", "harmful_covered",
         "harmful_uncovered", "not_applicable", "old_survived"]
 print(f"{'kind':<28}" + "".join(f"{k.replace('detected_by_', 'det_'):>18}" for k in cols))
 for name, t in sorted(c["by_kind"].items()) + [("total", c["totals"])]:

@@ -11,6 +11,7 @@ from html import escape
 CATEGORIES = [
     ("detected_by_error", "detected: error / crash / timeout", "#4e79a7"),
     ("detected_by_check", "detected: time-traveling check", "#59a14f"),
+    ("detected_by_probation", "detected: probation after the cut-over", "#76b7b2"),
     ("harmless", "undetected, harmless", "#bab0ac"),
     ("harmful_uncovered", "undetected, harmful (new-only state)", "#f28e2b"),
     ("harmful_covered", "undetected, harmful (covered state)", "#e15759"),

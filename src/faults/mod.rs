@@ -38,6 +38,9 @@ pub enum Kind {
     ReversedCrash(CrashSignal),
     /// The reversed process hangs during the reverse transfer.
     ReversedHang,
+    /// The new version crashes right after it takes over (a `SIGSEGV`): probation must
+    /// catch it, and the old process resume.
+    NewCrash,
 }
 
 impl Kind {
@@ -51,6 +54,7 @@ impl Kind {
         v.push(Kind::FutureHang);
         v.push(Kind::ReversedCrash(CrashSignal::Segv));
         v.push(Kind::ReversedHang);
+        v.push(Kind::NewCrash);
         v
     }
 
@@ -70,6 +74,7 @@ impl Kind {
             Kind::FutureHang => "future_hang".into(),
             Kind::ReversedCrash(s) => format!("reversed_crash_{}", s.name()),
             Kind::ReversedHang => "reversed_hang".into(),
+            Kind::NewCrash => "new_crash_after_cut_over".into(),
         }
     }
 
@@ -85,7 +90,9 @@ impl Kind {
                 "crash" => all
                     .iter()
                     .copied()
-                    .filter(|k| matches!(k, Kind::FutureCrash(_) | Kind::ReversedCrash(_)))
+                    .filter(|k| {
+                        matches!(k, Kind::FutureCrash(_) | Kind::ReversedCrash(_) | Kind::NewCrash)
+                    })
                     .collect(),
                 "hang" => vec![Kind::FutureHang, Kind::ReversedHang],
                 name => match all.iter().find(|k| k.name() == name) {
@@ -129,6 +136,7 @@ impl Kind {
                 signal,
             },
             Kind::ReversedHang => Injection::Hang { at: Point::Reverse },
+            Kind::NewCrash => Injection::CrashNew,
         }
     }
 }
@@ -145,6 +153,9 @@ impl fmt::Display for Kind {
 pub enum Verdict {
     /// An error, crash or timeout aborted the transaction.
     DetectedByError,
+    /// The new version failed its probation (it crashed, exited or started over after it
+    /// took over), and the old process resumed.
+    DetectedByProbation,
     /// The time-traveling check found a difference.
     DetectedByCheck,
     /// Not detected, and the new version's state equals a fault-free transfer's.
@@ -192,6 +203,8 @@ pub struct Tally {
     pub detected_by_error: u64,
     /// Caught by the time-traveling check.
     pub detected_by_check: u64,
+    /// Caught by probation after the cut-over.
+    pub detected_by_probation: u64,
     /// Undetected, harmless.
     pub harmless: u64,
     /// Undetected, harmful in state the round trip covers.
@@ -209,6 +222,7 @@ impl Tally {
         self.runs += 1;
         match r.verdict {
             Verdict::DetectedByError => self.detected_by_error += 1,
+            Verdict::DetectedByProbation => self.detected_by_probation += 1,
             Verdict::DetectedByCheck => self.detected_by_check += 1,
             Verdict::Harmless => self.harmless += 1,
             Verdict::HarmfulCovered => self.harmful_covered += 1,
@@ -355,6 +369,8 @@ pub fn run_campaign(
         let kind = cfg.kinds[(r1 % cfg.kinds.len() as u64) as usize];
         let mut c = base_cfg.clone();
         c.inject = Some(kind.injection(pick));
+        // A crash after the cut-over needs the cut-over: the dry run goes through probation.
+        c.probation_in_dry_run = kind == Kind::NewCrash;
         let (report, got) = match update::update_observed(&c) {
             Ok(x) => x,
             Err(abort) => {
@@ -377,6 +393,7 @@ pub fn run_campaign(
                     | Kind::FutureHang
                     | Kind::ReversedCrash(_)
                     | Kind::ReversedHang
+                    | Kind::NewCrash
             ) {
             Verdict::NotApplicable
         } else {
@@ -388,6 +405,7 @@ pub fn run_campaign(
                     &new_only,
                 ),
                 Phase::Compare if report.differences_total > 0 => Verdict::DetectedByCheck,
+                Phase::Probation => Verdict::DetectedByProbation,
                 _ => Verdict::DetectedByError,
             }
         };

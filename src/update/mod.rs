@@ -70,6 +70,10 @@ pub struct Config {
     /// Commit when everything succeeded. `false` runs the whole transaction and aborts at the
     /// end (fault-injection campaigns, dry runs).
     pub commit: bool,
+    /// In a dry run (`commit` false), let the new version serve its probation before the
+    /// abort (fault campaigns that crash it after the cut-over): requests it reads then are
+    /// lost to the clients.
+    pub probation_in_dry_run: bool,
     /// A fault to inject (tests and experiments).
     pub inject: Option<Injection>,
     /// How long the new version must run, with the old process kept stopped, before the old
@@ -97,6 +101,7 @@ impl Config {
             at: None,
             verify: true,
             commit: true,
+            probation_in_dry_run: false,
             inject: None,
             probation: DEFAULT_PROBATION,
             argv: None,
@@ -1508,7 +1513,7 @@ impl Transaction<'_> {
     /// start-up run a second time). Any of these aborts: the future is killed, the old
     /// process resumes.
     fn probation(&mut self, mut v: Verified) -> Result<Proven, Abort> {
-        if !self.cfg.commit {
+        if !self.cfg.commit && !self.cfg.probation_in_dry_run {
             return Err(Abort {
                 phase: Phase::Commit,
                 cause: Cause::DryRun,
@@ -1637,6 +1642,13 @@ impl Transaction<'_> {
     /// The point of no return: the future runs free, the old process is killed.
     fn commit(&mut self, p: Proven) -> Result<(), Abort> {
         let _t = self.begin(Phase::Commit);
+        if !self.cfg.commit {
+            return Err(Abort {
+                phase: Phase::Commit,
+                cause: Cause::DryRun,
+                message: "not committed (dry run): every check passed, probation too".into(),
+            });
+        }
         let commit_err = |e: anyhow::Error| Abort::new(Phase::Commit, e);
         let Verified { f, leftovers } = p.v;
         let mut parts = f.c.s.parts;
